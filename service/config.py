@@ -1,0 +1,145 @@
+"""Atelier's configuration: every `ATELIER_*` environment variable, read once into a frozen `Config`.
+
+This is the only module in `service/` that reads `os.environ`; everything else receives a `Config`.
+An unset or empty variable keeps the default written on the field (so a Kubernetes manifest may
+set `value: ""` to mean "default"); an invalid one raises `ConfigError` naming the variable.
+
+    .venv/bin/python -c "from service.config import load_config; print(load_config())"
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# ORT's provider names, keyed by the short names an operator types in ATELIER_PROVIDERS.
+ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class ConfigError(ValueError):
+    """An ATELIER_* variable holds a value the service cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # The committed models live beside the package, so a checkout or a Bento serves without setup.
+    models_dir: Path = Path(__file__).resolve().parent.parent / "models"
+    # GPU first, CPU as the fallback ORT uses for ops CUDA lacks and on machines without a GPU.
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    # 64 rows covers concurrency 32 with classifier-free guidance (two rows per image) in one run.
+    max_batch: int = 64
+    # 0 = take whatever is queued, no waiting; the batching benchmark (bench/) decides any change.
+    gather_ms: float = 0.0
+    # "step": requests at different sampler steps share each ONNX run (step-level continuous
+    # batching, the design's choice); "request" batches whole sampling loops, for bench/ to compare.
+    diffusion_batching: Literal["step", "request"] = "step"
+    # KServe's conventional gRPC port (HTTP stays on BentoML's 3000).
+    grpc_port: int = 8001
+    # Bounds memory and queue wait: beyond 256 requests in flight a client gets 429/503 + Retry-After
+    # sooner than it would get an image.
+    max_inflight: int = 256
+    # None = open service (local use); a key set in the environment turns on bearer-token checks.
+    # Kept out of repr so the key never reaches a log line.
+    api_key: str | None = field(default=None, repr=False)
+    # 0 lets onnxruntime use every core: one Engine per process owns the machine's cores.
+    intra_op_threads: int = 0
+    # "auto" = fp16 graphs only when CUDA is the provider: on CPU fp16 is slower, not faster.
+    use_fp16: Literal["auto", "on", "off"] = "auto"
+    # A first run per function at start-up pays ORT's lazy allocations before /readyz says ready.
+    warmup: bool = True
+    # BentoML's variable, not ours: `bentoml serve` sets it for each worker (prometheus multiprocess
+    # mode); None outside a served worker (tests, scripts), where there are no files to tidy.
+    prometheus_multiproc_dir: Path | None = None
+
+
+def load_config(environ: Mapping[str, str] = os.environ) -> Config:
+    """Build the Config from `environ`; unset or empty variables keep the field defaults."""
+    overrides: dict[str, Any] = {}
+    for variable, (field_name, parse) in _VARIABLES.items():
+        raw = environ.get(variable, "").strip()
+        if raw:
+            overrides[field_name] = parse(variable, raw)
+    return Config(**overrides)
+
+
+def _path(variable: str, raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _providers(variable: str, raw: str) -> tuple[str, ...]:
+    names = [name.strip().lower() for name in raw.split(",")]
+    unknown = [name for name in names if name not in ORT_PROVIDERS]
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(
+            f"{variable} must be a comma list of distinct providers from {sorted(ORT_PROVIDERS)} "
+            f"(e.g. 'cuda,cpu'), got {raw!r}"
+        )
+    return tuple(ORT_PROVIDERS[name] for name in names)
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
+    def parse(variable: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+            raise ConfigError(f"{variable} must be an integer {bounds}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _milliseconds(variable: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{variable} must be a number of milliseconds >= 0, got {raw!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(variable: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ConfigError(f"{variable} must be one of {', '.join(choices)}; got {raw!r}")
+        return value
+
+    return parse
+
+
+def _boolean(variable: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable} must be true/false (also 1/0, yes/no, on/off), got {raw!r}")
+
+
+def _text(variable: str, raw: str) -> str:
+    return raw
+
+
+# Variable -> (Config field, parser). Parsers see the stripped, non-empty value.
+_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "ATELIER_MODELS_DIR": ("models_dir", _path),
+    "ATELIER_PROVIDERS": ("providers", _providers),
+    "ATELIER_MAX_BATCH": ("max_batch", _integer(1)),
+    "ATELIER_GATHER_MS": ("gather_ms", _milliseconds),
+    "ATELIER_DIFFUSION_BATCHING": ("diffusion_batching", _choice("step", "request")),
+    "ATELIER_GRPC_PORT": ("grpc_port", _integer(1, 65535)),
+    "ATELIER_MAX_INFLIGHT": ("max_inflight", _integer(1)),
+    "ATELIER_API_KEY": ("api_key", _text),
+    "ATELIER_INTRA_OP_THREADS": ("intra_op_threads", _integer(0)),
+    "ATELIER_FP16": ("use_fp16", _choice("auto", "on", "off")),
+    "ATELIER_WARMUP": ("warmup", _boolean),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _path),
+}
