@@ -319,3 +319,39 @@ def _join_rows(arrays: list[np.ndarray]) -> np.ndarray:
             for array in arrays
         ]
     return np.concatenate(arrays, axis=0)
+
+
+class CohortGate:
+    """Request-level batching for diffusion, kept for the benchmark's comparison: requests that
+    arrive while a cohort runs wait, and start together as the next cohort once every member of
+    the running one has finished, so a cohort's sampling loops share runs only with each other
+    (static batching: early finishers leave idle slots until the slowest member is done)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def enter(self) -> None:
+        if self._running == 0 and not self._waiting:
+            self._running = 1
+            return
+        admitted = asyncio.get_running_loop().create_future()
+        self._waiting.append(admitted)
+        try:
+            await admitted
+        except asyncio.CancelledError:
+            if admitted.cancelled():
+                if admitted in self._waiting:
+                    self._waiting.remove(admitted)
+            else:
+                self.leave()  # admitted just as the caller went away: give the slot back
+            raise
+
+    def leave(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._waiting:
+            cohort = [admitted for admitted in self._waiting if not admitted.cancelled()]
+            self._waiting = []
+            self._running = len(cohort)
+            for admitted in cohort:
+                admitted.set_result(None)

@@ -1,0 +1,254 @@
+"""The BentoML service **Atelier**: one process, one Engine, every route.
+
+BentoML provides the server, workers, `/livez`, `/readyz`, `/metrics` and the Bento; the routes
+are a FastAPI app mounted on the service (full control of status codes and error bodies, and
+an OpenAPI schema at /openapi.json). Request models (pydantic) live here and nowhere else.
+
+    BENTOML_DO_NOT_TRACK=True .venv/bin/bentoml serve service:Atelier --port 3000
+    curl -s localhost:3000/v1/generate -H 'content-type: application/json' \
+         -d '{"model": "diffusion", "prompt": "a red heart", "seed": 7}'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import io
+import json
+import logging
+import time
+import uuid
+from typing import Annotated, Literal
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from pydantic import BaseModel, ConfigDict, Field
+
+from service import metrics, pipelines
+from service.config import load_config
+from service.engine import Engine
+from service.errors import AtelierError, InvalidInput, NotReady, Overloaded, Unauthenticated, http_status
+from service.registry import Registry
+
+log = logging.getLogger("atelier")
+
+OPEN_PATHS = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+RETRY_AFTER_SECONDS = "1"
+
+app = FastAPI(title="Atelier", version="1.0.0",
+              description="Generative-art model server: GAN, VAE + GMM prior and latent diffusion on onnxruntime.")
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: Annotated[str, Field(max_length=64, description="dcgan, vae, gmm or diffusion")] = "diffusion"
+    class_: Annotated[int | str | None, Field(alias="class", description="class id 0..8 or its name")] = None
+    prompt: Annotated[str | None, Field(min_length=1, max_length=pipelines.MAX_PROMPT_CHARS)] = None
+    n: Annotated[int, Field(ge=1, le=pipelines.MAX_IMAGES)] = 1
+    seed: Annotated[int | None, Field(ge=0, lt=pipelines.SEED_LIMIT, description="random when absent")] = None
+    steps: Annotated[int, Field(ge=1, le=pipelines.MAX_STEPS)] = 30
+    guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 3.0
+    sampler: Literal["dpmpp_2m", "euler", "ddim", "ddpm"] = "dpmpp_2m"
+    eta: Annotated[float, Field(ge=0.0, le=1.0, description="DDIM stochasticity")] = 0.0
+    output: Literal["png", "raw"] = "png"
+
+
+class GeneratedImage(BaseModel):
+    seed: int
+    class_id: int | None
+    png_base64: str | None = None
+    raw_base64: str | None = Field(None, description="uint8 RGB, row-major (height, width, 3)")
+    shape: list[int]
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: str
+    ai_generated: bool = True
+    parameters: dict
+    images: list[GeneratedImage]
+
+
+def resolve_class(value: int | str | None, classes: list[str]) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    lowered = [c.lower() for c in classes]
+    if value.lower() in lowered:
+        return lowered.index(value.lower())
+    if value.isdigit():
+        return int(value)
+    raise InvalidInput(f"unknown class {value!r}; classes are 0..{len(classes) - 1} or {classes}")
+
+
+def png_bytes(image: np.ndarray, generated: pipelines.Generated, seed: int, provenance: dict) -> bytes:
+    """A PNG whose text chunks say what made it: model, version, seed, parameters, AI-generated."""
+    info = PngInfo()
+    for key, value in {**provenance, "model": generated.model, "version": generated.version, "seed": str(seed),
+                       "parameters": json.dumps(generated.parameters, sort_keys=True),
+                       "ai_generated": "true"}.items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+async def client_gone(request: Request) -> None:
+    """Completes when the HTTP client disconnects (its body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@bentoml.service(name="Atelier", workers=1, traffic={"timeout": 600},
+                 endpoints={"livez": "/livez", "readyz": "/readyz"})
+@bentoml.asgi_app(app, path="/")
+class Atelier:
+    def __init__(self) -> None:
+        self.config = load_config()
+        app.state.api_key = self.config.api_key
+        if self.config.prometheus_multiproc_dir:
+            metrics.forget_dead_workers(self.config.prometheus_multiproc_dir)
+        self.registry = Registry.load(self.config)  # raises, naming the file, on any mismatch
+        self.engine = Engine(self.registry, self.config)
+        self.ready = False
+        self.inflight = 0
+
+    @bentoml.on_startup
+    async def warm_up(self) -> None:
+        if self.config.warmup:
+            await self.engine.warm_up()
+        self.ready = True
+        log.info("Atelier ready: %s", json.dumps(self.registry.describe()))
+
+    @bentoml.on_shutdown
+    async def shut_down(self) -> None:
+        self.ready = False
+        await self.engine.stop()
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, route: str, model: str, protocol: str):
+        """Admission control and the request metrics every route shares."""
+        if not self.ready:
+            raise NotReady("models are loading or the server is draining; retry shortly")
+        if self.inflight >= self.config.max_inflight:
+            metrics.REQUESTS.labels(route, model, "429", protocol).inc()
+            raise Overloaded(f"{self.inflight} requests in flight (limit {self.config.max_inflight}); retry later")
+        self.inflight += 1
+        metrics.INFLIGHT.inc()
+        started, status = time.perf_counter(), "200"
+        try:
+            yield
+        except BaseException as error:
+            status = "499" if isinstance(error, asyncio.CancelledError) else str(http_status(error))
+            raise
+        finally:
+            self.inflight -= 1
+            metrics.INFLIGHT.dec()
+            metrics.REQUESTS.labels(route, model, status, protocol).inc()
+            metrics.REQUEST_SECONDS.labels(route, model, protocol).observe(time.perf_counter() - started)
+
+    async def run(self, request: pipelines.GenerateRequest, http: Request | None = None) -> pipelines.Generated:
+        """The one code path of every transport: admission, pipeline, cancellation on disconnect."""
+        work = pipelines.generate(self.engine, request)
+        generated = await (pipelines.run_cancellable(work, client_gone(http)) if http is not None else work)
+        metrics.IMAGES.labels(request.model).inc(len(generated.images))
+        return generated
+
+    def provenance(self, model: str) -> dict:
+        training = self.engine.manifest(model)["training"]
+        return {"Software": "Atelier", "data_source": training.get("data", {}).get("source", training.get("source", "")),
+                "license": training.get("license", "")}
+
+    @app.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(self, body: GenerateBody, request: Request) -> GenerateResponse:
+        """Generate n images from a model, by class, prompt (theme) or neither, with a seed."""
+        async with self.admitted("/v1/generate", body.model, "json"):
+            seed = body.seed if body.seed is not None else int(np.random.default_rng().integers(2**31))
+            plain = pipelines.GenerateRequest(
+                model=body.model, n=body.n, seed=seed, prompt=body.prompt, steps=body.steps, guidance=body.guidance,
+                sampler=body.sampler, eta=body.eta,
+                class_id=resolve_class(body.class_, self.engine.manifest("dcgan")["classes"]))
+            generated = await self.run(plain, request)
+        return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
+                                images=self.encode_images(generated, body.output))
+
+    def encode_images(self, generated: pipelines.Generated, output: str) -> list[GeneratedImage]:
+        provenance = self.provenance(generated.model)
+        out = []
+        for image, seed, class_id in zip(generated.images, generated.seeds, generated.class_ids):
+            payload = (png_bytes(image, generated, seed, provenance) if output == "png" else image.tobytes())
+            encoded = base64.b64encode(payload).decode()
+            out.append(GeneratedImage(seed=seed, class_id=class_id, shape=list(image.shape),
+                                      **({"png_base64": encoded} if output == "png" else {"raw_base64": encoded})))
+        return out
+
+    @app.get("/v1/image.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def image_png(self, request: Request, model: str = "diffusion",
+                        class_: Annotated[str | None, Query(alias="class")] = None,
+                        prompt: Annotated[str | None, Query(min_length=1, max_length=pipelines.MAX_PROMPT_CHARS)] = None,
+                        seed: Annotated[int, Query(ge=0, lt=pipelines.SEED_LIMIT)] = 0,
+                        steps: Annotated[int, Query(ge=1, le=pipelines.MAX_STEPS)] = 30,
+                        guidance: Annotated[float, Query(ge=0.0, le=20.0)] = 3.0,
+                        sampler: Literal["dpmpp_2m", "euler", "ddim", "ddpm"] = "dpmpp_2m") -> Response:
+        """One image as a PNG file (for curl and <img> tags)."""
+        async with self.admitted("/v1/image.png", model, "json"):
+            plain = pipelines.GenerateRequest(
+                model=model, seed=seed, prompt=prompt, steps=steps, guidance=guidance, sampler=sampler,
+                class_id=resolve_class(class_, self.engine.manifest("dcgan")["classes"]))
+            generated = await self.run(plain, request)
+        return Response(png_bytes(generated.images[0], generated, seed, self.provenance(model)), media_type="image/png")
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        """Manifests, the execution provider each model runs on, batching settings and live stats."""
+        described = self.registry.describe()
+        return {"models": [{**m.manifest, **described[name]} for name, m in self.registry.models.items()],
+                "batching": {"max_batch": self.config.max_batch, "gather_ms": self.config.gather_ms,
+                             "diffusion": self.config.diffusion_batching},
+                "engine": self.engine.stats()}
+
+
+@app.exception_handler(AtelierError)
+async def atelier_error(request: Request, error: AtelierError) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(error, (Overloaded, NotReady)) else None
+    return JSONResponse({"error": str(error)}, status_code=http_status(error), headers=headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in error.errors()]
+    return JSONResponse({"error": "invalid request: " + "; ".join(problems)}, status_code=422)
+
+
+@app.exception_handler(Exception)
+async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+@app.middleware("http")
+async def request_id_and_api_key(request: Request, call_next):
+    """Every response carries an x-request-id; with ATELIER_API_KEY set, every route but health
+    and metrics needs `Authorization: Bearer <key>` (compared in constant time)."""
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    key = request.app.state.api_key if hasattr(request.app.state, "api_key") else None
+    if key and request.url.path not in OPEN_PATHS:
+        offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(offered.encode(), key.encode()):
+            response = await atelier_error(request, Unauthenticated("missing or wrong API key"))
+            response.headers["x-request-id"] = request_id
+            return response
+    response = await call_next(request)
+    response.headers["x-request-id"] = request_id
+    return response
+

@@ -1,0 +1,149 @@
+"""The Engine: every model function as an awaitable over its continuous batcher. Tensors in,
+tensors out; no PNG, HTTP or user-input validation here.
+
+One Engine per worker process owns one `ContinuousBatcher` per ONNX function, so every caller
+in the process (JSON, OIP HTTP, OIP gRPC, OpenAI routes) shares the same runs. Classifier-free
+guidance submits the conditional and the unconditional row of an image together, so both are
+always computed in the same run.
+
+    .venv/bin/python -m pytest tests/test_engine.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.batcher import CohortGate, ContinuousBatcher, Tensors
+from service.config import Config
+from service.registry import LoadedModel, Registry, load_gmm
+
+log = logging.getLogger(__name__)
+
+PROMPT_CACHE_SIZE = 4096  # sessions and themes repeat prompts; a 384-d vector is 1.5 kB
+
+
+def session_runner(model: LoadedModel, function: str):
+    """run_batch for the batcher: one onnxruntime call, outputs by name."""
+    session = model.sessions[function]
+    output_names = [o.name for o in session.get_outputs()]
+
+    def run_batch(inputs: Tensors) -> Tensors:
+        return dict(zip(output_names, session.run(output_names, inputs)))
+
+    return run_batch
+
+
+class Engine:
+    def __init__(self, registry: Registry, config: Config):
+        self.registry = registry
+        self.config = config
+        self.batchers: dict[str, ContinuousBatcher] = {}
+        for model in registry.models.values():
+            for function in model.sessions:
+                key = f"{model.name}.{function}"
+                self.batchers[key] = ContinuousBatcher(key, session_runner(model, function),
+                                                       max_batch=config.max_batch, gather_ms=config.gather_ms)
+        self.gmm = load_gmm(registry.models["gmm"])
+        text = registry.models["text"]
+        self.tokenizer = Tokenizer.from_file(str(text.directory / text.manifest["tokenizer_file"]))
+        self.tokenizer.enable_truncation(text.manifest["max_tokens"])
+        self._prompt_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # request-level batching (the benchmark's comparison): whole sampling loops in cohorts
+        self.cohorts = CohortGate() if config.diffusion_batching == "request" else None
+
+    def manifest(self, model: str) -> dict:
+        return self.registry.models[model].manifest
+
+    async def generate_gan(self, z: np.ndarray, class_id: np.ndarray) -> np.ndarray:
+        """(N, 128) noise + (N,) classes -> (N, 3, 32, 32) images in [-1, 1]."""
+        out = await self.batchers["dcgan.generate"].submit({"z": z, "class_id": class_id})
+        return out["image"]
+
+    async def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, 32, 32) in [-1, 1] -> posterior mean and log-variance, (N, 4, 8, 8) each."""
+        out = await self.batchers["vae.encode"].submit({"image": images})
+        return out["mean"], out["logvar"]
+
+    async def decode(self, latents: np.ndarray) -> np.ndarray:
+        """(N, 4, 8, 8) scaled latents -> (N, 3, 32, 32) images in [-1, 1]."""
+        out = await self.batchers["vae.decode"].submit({"latent": latents.astype(np.float32)})
+        return out["image"]
+
+    async def denoise(self, latent: np.ndarray, timestep: np.ndarray, class_id: np.ndarray,
+                      text_embedding: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+        """eps for each row; rows with guidance != 1 also run unconditionally in the same batch and
+        combine as eps_u + w (eps_c - eps_u) (Ho & Salimans 2022, eq. 6)."""
+        guided = guidance != 1.0  # (N,)
+        null_class = self.manifest("diffusion")["conditioning"]["null_class"]
+        inputs = {
+            "latent": np.concatenate([latent, latent[guided]]).astype(np.float32),
+            "timestep": np.concatenate([timestep, timestep[guided]]).astype(np.float32),
+            "class_id": np.concatenate([class_id, np.full(guided.sum(), null_class)]).astype(np.int64),
+            "text_embedding": np.concatenate([text_embedding, np.zeros_like(text_embedding[guided])]
+                                             ).astype(np.float32),
+        }
+        eps = (await self.batchers["diffusion.denoise"].submit(inputs))["eps"]
+        conditional, unconditional = eps[: len(latent)], eps[len(latent):]
+        w = guidance[guided][:, None, None, None].astype(np.float32)
+        conditional[guided] = unconditional + w * (conditional[guided] - unconditional)
+        return conditional
+
+    async def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, 384) unit vectors; repeated prompts come from a small LRU cache."""
+        missing = sorted({p for p in prompts if p not in self._prompt_cache})
+        if missing:
+            encodings = self.tokenizer.encode_batch(missing)
+            width = max(len(e.ids) for e in encodings)
+            ids = np.zeros((len(missing), width), np.int64)
+            mask = np.zeros((len(missing), width), np.int64)
+            for row, encoding in enumerate(encodings):
+                ids[row, : len(encoding.ids)] = encoding.ids
+                mask[row, : len(encoding.ids)] = encoding.attention_mask
+            out = await self.batchers["text.embed"].submit({"input_ids": ids, "attention_mask": mask})
+            for prompt, vector in zip(missing, out["sentence_embedding"]):
+                self._remember(prompt, vector)
+        return np.stack([self._prompt_cache[p] for p in prompts]).astype(np.float32)
+
+    def _remember(self, prompt: str, vector: np.ndarray) -> None:
+        self._prompt_cache[prompt] = vector
+        self._prompt_cache.move_to_end(prompt)
+        while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+
+    def sample_gmm(self, class_ids: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """(N,) classes -> (N, 4, 8, 8) latents from the class's mixture, one generator per image."""
+        latents = []
+        for class_id, rng in zip(class_ids, rngs):
+            members = np.flatnonzero(self.gmm["component_class"] == class_id)
+            weights = self.gmm["weights"][members].astype(np.float64)
+            component = members[rng.choice(len(members), p=weights / weights.sum())]
+            noise = rng.standard_normal(self.gmm["means"].shape[1]).astype(np.float32)
+            latents.append(self.gmm["means"][component] + self.gmm["cholesky"][component].astype(np.float32) @ noise)
+        return np.stack(latents).reshape(len(latents), *self.manifest("vae")["latent_shape"])
+
+    async def warm_up(self) -> None:
+        """One small run per function, so the first client does not pay ORT's lazy set-up."""
+        rng = np.random.default_rng(0)
+        latent = rng.standard_normal((2, *self.manifest("vae")["latent_shape"])).astype(np.float32)
+        await asyncio.gather(
+            self.generate_gan(rng.standard_normal((2, self.manifest("dcgan")["z_dim"])).astype(np.float32),
+                              np.array([0, 1])),
+            self.decode(latent), self.encode(np.zeros((2, 3, 32, 32), np.float32)),
+            self.denoise(latent, np.array([0.5, 0.5], np.float32), np.array([0, 9]), np.zeros((2, 384), np.float32),
+                         np.array([3.0, 1.0], np.float32)),
+            self.embed_text(["warm up"]))
+        self._prompt_cache.clear()
+
+    def stats(self) -> dict:
+        return {key: {"runs": b.runs, "rows": b.rows, "rows_per_run": round(b.rows / b.runs, 2) if b.runs else None,
+                      "queued_rows": b.queued_rows, "rows_cancelled": b.rows_cancelled}
+                for key, b in self.batchers.items()}
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(b.stop() for b in self.batchers.values()))

@@ -1,0 +1,73 @@
+"""Typed errors and the one table that maps each to an HTTP status and a gRPC status code.
+
+Every transport (JSON API, OIP over HTTP and gRPC, OpenAI routes) raises these and asks
+`http_status` / `grpc_code`; nothing else decides a status.
+
+    .venv/bin/python -m pytest tests/test_api.py -k error
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class AtelierError(Exception):
+    """Base of every error a client may see; its message is safe to return verbatim."""
+
+
+class InvalidInput(AtelierError):
+    """The request is malformed or out of bounds."""
+
+
+class ModelNotFound(AtelierError):
+    """No such model (or version) in the registry."""
+
+
+class Unauthenticated(AtelierError):
+    """Missing or wrong API key."""
+
+
+class Overloaded(AtelierError):
+    """Too many requests in flight; retry after a short wait."""
+
+
+class NotReady(AtelierError):
+    """Models are still loading, or the server is draining."""
+
+
+class RegistryError(AtelierError):
+    """The model registry cannot be served (raised at start-up, never to a client)."""
+
+
+class ManifestHashMismatch(RegistryError):
+    """A model file differs from the sha256 its manifest records."""
+
+
+# exception type -> (HTTP status, gRPC code); the most specific class first
+STATUS_TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode], ...] = (
+    (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, 404, grpc.StatusCode.NOT_FOUND),
+    (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED),
+    (Overloaded, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReady, 503, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def _lookup(error: BaseException) -> tuple[int, grpc.StatusCode]:
+    for error_type, http, code in STATUS_TABLE:
+        if isinstance(error, error_type):
+            return http, code
+    return 500, grpc.StatusCode.INTERNAL
+
+
+def http_status(error: BaseException) -> int:
+    return _lookup(error)[0]
+
+
+def grpc_code(error: BaseException) -> grpc.StatusCode:
+    return _lookup(error)[1]
+
+
+def public_message(error: BaseException) -> str:
+    """What a client may read: our own messages verbatim, never an internal exception's text."""
+    return str(error) if isinstance(error, AtelierError) else "internal error"

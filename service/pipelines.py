@@ -1,0 +1,176 @@
+"""Pipelines: a plain request in, uint8 images and their provenance out. Every transport (JSON,
+OIP over HTTP and gRPC, OpenAI routes) decodes into `GenerateRequest` and calls `generate`.
+
+Seeds: image i of a request with seed s is drawn from `Generator(PCG64(s + i))`, so it equals
+the single image of the same request with seed s + i, whatever else shared its batches.
+
+    .venv/bin/python -m pytest tests/test_pipelines.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from service import samplers
+from service.engine import Engine
+from service.errors import InvalidInput, ModelNotFound
+
+MODELS = ("dcgan", "vae", "gmm", "diffusion")
+MAX_IMAGES = 16
+MAX_STEPS = 250
+MAX_PROMPT_CHARS = 500
+SEED_LIMIT = 2**63 - MAX_IMAGES  # seed + i must stay a valid int64 for every image
+KARRAS_SAMPLERS = ("euler", "dpmpp_2m")  # few-step samplers gain most from Karras spacing
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: str
+    n: int = 1
+    seed: int = 0
+    class_id: int | None = None
+    prompt: str | None = None
+    steps: int = 30
+    guidance: float = 3.0
+    sampler: str = "dpmpp_2m"
+    eta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    images: np.ndarray  # (n, 32, 32, 3) uint8
+    seeds: list[int]
+    class_ids: list[int | None]
+    model: str
+    version: str
+    parameters: dict = field(default_factory=dict)
+
+
+def validate(request: GenerateRequest, classes: list[str]) -> None:
+    """Bounds every transport shares; violations are InvalidInput (400) / ModelNotFound (404)."""
+    if request.model not in MODELS:
+        raise ModelNotFound(f"unknown model {request.model!r}; available: {', '.join(MODELS)}")
+    if not 1 <= request.n <= MAX_IMAGES:
+        raise InvalidInput(f"n must be between 1 and {MAX_IMAGES}, got {request.n}")
+    if not 0 <= request.seed < SEED_LIMIT:
+        raise InvalidInput(f"seed must be between 0 and {SEED_LIMIT - 1}, got {request.seed}")
+    if request.class_id is not None and not 0 <= request.class_id < len(classes):
+        raise InvalidInput(f"class must be 0..{len(classes) - 1} or one of {classes}, got {request.class_id}")
+    if request.prompt is not None and not 0 < len(request.prompt) <= MAX_PROMPT_CHARS:
+        raise InvalidInput(f"prompt must be 1..{MAX_PROMPT_CHARS} characters, got {len(request.prompt)}")
+    if request.model == "diffusion":
+        if not 1 <= request.steps <= MAX_STEPS:
+            raise InvalidInput(f"steps must be between 1 and {MAX_STEPS}, got {request.steps}")
+        if request.sampler not in samplers.SAMPLERS:
+            raise InvalidInput(f"unknown sampler {request.sampler!r}; available: {', '.join(samplers.SAMPLERS)}")
+        if not (0.0 <= request.guidance <= 20.0 and 0.0 <= request.eta <= 1.0):
+            raise InvalidInput("guidance must be in [0, 20] and eta in [0, 1]")
+
+
+def image_rngs(seed: int, n: int) -> list[np.random.Generator]:
+    """One generator per image, so an image never depends on its batch-mates."""
+    return [np.random.Generator(np.random.PCG64(seed + i)) for i in range(n)]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+async def theme_class(engine: Engine, prompt: str) -> int:
+    """The class whose name is nearest to the prompt in the text encoder's space ("a red heart" ->
+    Smileys & Emotion): how the class-only models follow a text theme."""
+    classes = engine.manifest("dcgan")["classes"]
+    vectors = await engine.embed_text([prompt, *(f"an emoji of {c.lower()}" for c in classes)])
+    return int(np.argmax(vectors[1:] @ vectors[0]))
+
+
+async def resolve_classes(engine: Engine, request: GenerateRequest,
+                          rngs: list[np.random.Generator]) -> list[int]:
+    if request.class_id is not None:
+        return [request.class_id] * request.n
+    if request.prompt is not None:
+        return [await theme_class(engine, request.prompt)] * request.n
+    classes = len(engine.manifest("dcgan")["classes"])
+    return [int(rng.integers(classes)) for rng in rngs]  # a surprise class, still seed-determined
+
+
+async def generate(engine: Engine, request: GenerateRequest) -> Generated:
+    validate(request, engine.manifest("dcgan")["classes"])
+    rngs = image_rngs(request.seed, request.n)
+    class_ids: list[int | None]
+    if request.model == "diffusion":
+        class_ids = [request.class_id] * request.n
+        latents = await sample_diffusion(engine, request, rngs)
+        images = await engine.decode(latents)
+    elif request.model == "dcgan":
+        class_ids = await resolve_classes(engine, request, rngs)
+        z = np.stack([rng.standard_normal(engine.manifest("dcgan")["z_dim"]) for rng in rngs]).astype(np.float32)
+        images = await engine.generate_gan(z, np.array(class_ids, np.int64))
+    elif request.model == "gmm":
+        class_ids = await resolve_classes(engine, request, rngs)
+        images = await engine.decode(engine.sample_gmm(np.array(class_ids), rngs))
+    else:  # vae: the plain N(0, I) prior, the baseline the GMM prior improves on
+        class_ids = [None] * request.n
+        shape = engine.manifest("vae")["latent_shape"]
+        images = await engine.decode(samplers.noise_like(rngs, tuple(shape)))
+    manifest = engine.manifest(request.model)
+    parameters = {k: v for k, v in asdict(request).items() if v is not None and k != "model"}
+    if request.model != "diffusion":
+        for key in ("steps", "guidance", "sampler", "eta"):
+            parameters.pop(key)
+    return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], class_ids, request.model,
+                     manifest["version"], parameters)
+
+
+async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[np.random.Generator]) -> np.ndarray:
+    """Latents (n, 4, 8, 8): the sampler loop awaits the Engine once per step, so requests at
+    different steps share each denoise run (step-level continuous batching)."""
+    manifest = engine.manifest("diffusion")
+    schedule = samplers.CosineSchedule.from_manifest(manifest["schedule"])
+    if request.sampler in KARRAS_SAMPLERS:
+        sigmas = samplers.karras_sigmas(schedule.sigma_min, schedule.sigma_max, request.steps)
+    else:
+        sigmas = samplers.uniform_t_sigmas(schedule, request.steps)
+    n = request.n
+    class_id = np.full(n, manifest["conditioning"]["null_class"] if request.class_id is None else request.class_id)
+    text = (np.repeat(await engine.embed_text([request.prompt]), n, axis=0) if request.prompt
+            else np.zeros((n, manifest["conditioning"]["text_dim"]), np.float32))
+    guidance = np.full(n, request.guidance, np.float32)
+
+    async def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
+        # variance-exploding x (samplers' space) -> the model's variance-preserving x_t and t
+        x_t = x / np.sqrt(1.0 + sigma**2)
+        t = np.full(n, samplers.t_of_sigma(sigma), np.float32)
+        eps = await engine.denoise(x_t.astype(np.float32), t, class_id, text, guidance)
+        return x - sigma * eps  # D(x; sigma) = x - sigma * eps (Karras et al. 2022, Table 1)
+
+    x = samplers.initial_noise(rngs, tuple(manifest["latent_shape"]), float(sigmas[0]))
+    kwargs = {"eta": request.eta} if request.sampler == "ddim" else {}
+    if engine.cohorts is None:
+        return await samplers.SAMPLERS[request.sampler](denoise, x, sigmas, rngs, **kwargs)
+    await engine.cohorts.enter()
+    try:
+        return await samplers.SAMPLERS[request.sampler](denoise, x, sigmas, rngs, **kwargs)
+    finally:
+        engine.cohorts.leave()
+
+
+async def run_cancellable(coroutine, disconnected) -> Generated:
+    """Run a pipeline, cancelling it (its queued rows leave the batchers) if `disconnected`
+    (an awaitable that completes when the client goes away) finishes first."""
+    work = asyncio.ensure_future(coroutine)
+    watcher = asyncio.ensure_future(disconnected)
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:
+            work.cancel()
+            raise asyncio.CancelledError("client disconnected")
+        return work.result()
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
