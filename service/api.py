@@ -11,7 +11,6 @@ an OpenAPI schema at /openapi.json). Request models (pydantic) live here and now
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hmac
@@ -149,7 +148,7 @@ class Atelier:
         try:
             yield
         except BaseException as error:
-            status = "499" if isinstance(error, asyncio.CancelledError) else str(http_status(error))
+            status = str(http_status(error))
             raise
         finally:
             self.inflight -= 1

@@ -35,6 +35,10 @@ class NotReady(AtelierError):
     """Models are still loading, or the server is draining."""
 
 
+class ClientDisconnected(AtelierError):
+    """The client went away; its remaining work was cancelled (nobody reads the answer)."""
+
+
 class RegistryError(AtelierError):
     """The model registry cannot be served (raised at start-up, never to a client)."""
 
@@ -50,6 +54,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode], ...] = (
     (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, 503, grpc.StatusCode.UNAVAILABLE),
+    (ClientDisconnected, 499, grpc.StatusCode.CANCELLED),  # nginx's "client closed request"
 )
 
 

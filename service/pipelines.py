@@ -16,7 +16,7 @@ import numpy as np
 
 from service import samplers
 from service.engine import Engine
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import ClientDisconnected, InvalidInput, ModelNotFound
 
 MODELS = ("dcgan", "vae", "gmm", "diffusion")
 MAX_IMAGES = 16
@@ -168,7 +168,7 @@ async def run_cancellable(coroutine, disconnected) -> Generated:
         done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if work not in done:
             work.cancel()
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected("client disconnected; remaining steps cancelled")
         return work.result()
     finally:
         watcher.cancel()

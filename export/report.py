@@ -1,0 +1,244 @@
+"""The evaluation report: every generator scored by one judge against one reference, with the
+figures written where docs/MODELS.md reads them (models/<name>/manifest.json "metrics",
+docs/evaluation.json) and one sample grid per model under docs/samples/.
+
+The judge is export.evaluate's classifier and the reference is its features of the held-out
+split. FID is biased by the sample count, so each FID_own sits beside a real-vs-real floor
+(training images vs held-out) and a uniform-noise ceiling drawn at that same count. Class ids are
+drawn from the training split's label distribution, so generated sets have the reference's mix.
+
+    python -m export evaluate          # about 7 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from export import data, dcgan, diffusion, evaluate, gmm, manifest, text, training, vae
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_DIR = ROOT / "docs"
+SAMPLES_DIR = DOCS_DIR / "samples"
+COMMAND = "python -m export evaluate"
+SEED = 0
+SAMPLES = 1000  # per generator; sets fed from the held-out split (369 images) use all of it
+CPU_THREADS = 2  # MEASURED.md: more torch threads than cores halves the speed of every job
+DIFFUSION_STEPS, GUIDANCE = 30, 3.0  # the diffusion manifest's serving defaults
+CAPTION_TEMPLATE = 1  # text.CAPTION_TEMPLATES[1] = "an emoji of {}", phrased the way prompts are
+GRID_COLUMNS = 8
+GRID_SCALE = 2  # nearest-neighbour, so every generated pixel stays visible
+GUTTER, GUTTER_GREY = 2, 192
+VAE_GRID_IMAGES = 16
+PROMPTS = ("a red heart", "a future city", "grinning face", "a cat", "pizza", "rocket", "flag: Japan",
+           "thumbs up")
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The classifier, its features of the held-out split and the baselines per sample count."""
+
+    classifier: evaluate.Classifier
+    reference: np.ndarray  # (369, 128) float64 held-out features
+    baselines: dict[int, dict]  # sample count -> {"fid_floor", "fid_noise"}
+    device: torch.device
+
+    def score(self, images: np.ndarray, requested: np.ndarray | None) -> dict:
+        result = evaluate.score(self.classifier, images, requested, self.reference, self.device)
+        result.update(self.baselines[len(images)])
+        if requested is not None:
+            per_class = result["class_accuracy_per_class"]
+            result["class_accuracy_balanced"] = round(float(np.mean(list(per_class.values()))), 3)
+        return result
+
+
+def make_judge(dataset: data.EmojiDataset, device: torch.device) -> Judge:
+    """Floor and ceiling at every sample count a generator below is scored at."""
+    classifier = evaluate.load_classifier(device)
+    held_out, train = dataset.split(held_out=True), dataset.split(held_out=False)
+    reference, _ = evaluate.features_and_logits(classifier, held_out.images32, device)
+    baselines = {}
+    for count in sorted({min(SAMPLES, len(train)), len(held_out)}):
+        rng = np.random.Generator(np.random.PCG64(SEED))
+        real = train.images32[rng.choice(len(train), count, replace=False)]
+        noise = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        baselines[count] = {"fid_floor": evaluate.score(classifier, real, None, reference, device)["fid_own"],
+                            "fid_noise": evaluate.score(classifier, noise, None, reference, device)["fid_own"]}
+        log.info("%d samples: floor %.2f, noise ceiling %.2f", count, *baselines[count].values())
+    return Judge(classifier, reference, baselines, device)
+
+
+def image_rngs(count: int) -> list[np.random.Generator]:
+    """Image i draws from PCG64(SEED + i), as the service does per seed: no image depends on another."""
+    return [np.random.Generator(np.random.PCG64(SEED + i)) for i in range(count)]
+
+
+def training_like_class_ids(dataset: data.EmojiDataset, count: int) -> np.ndarray:
+    """Class ids in the training split's proportions (59 % People & Body), like the reference."""
+    rng = np.random.Generator(np.random.PCG64(SEED))
+    return rng.choice(dataset.split(held_out=False).labels, count)
+
+
+@torch.no_grad()
+def decode(decoder: vae.ScaledDecoder, latents: torch.Tensor) -> np.ndarray:
+    return evaluate.to_uint8(torch.cat([decoder(chunk) for chunk in latents.split(256)]))
+
+
+def first_per_class(images: np.ndarray, class_ids: np.ndarray) -> list[np.ndarray]:
+    """Grid rows: the first GRID_COLUMNS samples of each class, classes 0..8 top to bottom."""
+    return [images[class_ids == c][:GRID_COLUMNS] for c in range(len(data.GROUPS))]
+
+
+@torch.no_grad()
+def evaluate_vae(judge: Judge, autoencoder: vae.VAE, dataset: data.EmojiDataset) -> tuple[dict, list]:
+    """Reconstructions (posterior mean, decoded) of every held-out image, scored against their true classes."""
+    held_out = dataset.split(held_out=True)
+    images = torch.from_numpy(data.to_unit_range(held_out.images32)).to(judge.device)
+    encoder = vae.ScaledEncoder(autoencoder)
+    latents = torch.cat([encoder(chunk)[0] for chunk in images.split(256)])
+    reconstructions = decode(vae.ScaledDecoder(autoencoder), latents)
+    result = judge.score(reconstructions, held_out.labels)
+    result["held_out_psnr_db"] = round(vae.held_out_psnr(autoencoder, dataset, judge.device), 2)
+    picked = np.sort(np.random.Generator(np.random.PCG64(SEED)).choice(len(held_out), VAE_GRID_IMAGES, replace=False))
+    return result, [held_out.images32[picked], reconstructions[picked]]
+
+
+def evaluate_gmm(judge: Judge, decoder: vae.ScaledDecoder, class_ids: np.ndarray) -> tuple[dict, list]:
+    with np.load(manifest.MODELS_DIR / "gmm" / "gmm.npz") as arrays:
+        mixture = dict(arrays)
+    latents = gmm.sample(mixture, class_ids, image_rngs(len(class_ids)))  # (N, 4, 8, 8)
+    images = decode(decoder, torch.from_numpy(latents).to(judge.device))
+    return judge.score(images, class_ids), first_per_class(images, class_ids)
+
+
+@torch.no_grad()
+def evaluate_dcgan(judge: Judge, class_ids: np.ndarray) -> tuple[dict, list]:
+    generator = dcgan.load_trained(judge.device)
+    z = np.stack([rng.standard_normal(dcgan.Z_DIM, dtype=np.float32) for rng in image_rngs(len(class_ids))])
+    z, classes = torch.from_numpy(z).to(judge.device), torch.from_numpy(class_ids).to(judge.device)
+    images = evaluate.to_uint8(torch.cat([generator(zs, cs) for zs, cs in zip(z.split(256), classes.split(256))]))
+    return judge.score(images, class_ids), first_per_class(images, class_ids)
+
+
+def diffusion_images(unet: diffusion.UNet, decoder: vae.ScaledDecoder, class_ids: np.ndarray,
+                     captions: np.ndarray, device: torch.device) -> np.ndarray:
+    """DDIM with classifier-free guidance at the serving defaults, decoded by the VAE."""
+    latents = diffusion.sample(unet, torch.from_numpy(class_ids).to(device), torch.from_numpy(captions).to(device),
+                               torch.Generator().manual_seed(SEED), steps=DIFFUSION_STEPS, guidance=GUIDANCE)
+    return decode(decoder, latents)
+
+
+def evaluate_diffusion(judge: Judge, unet: diffusion.UNet, decoder: vae.ScaledDecoder,
+                       class_ids: np.ndarray) -> tuple[dict, list]:
+    no_caption = np.zeros((len(class_ids), text.EMBEDDING_DIM), np.float32)
+    images = diffusion_images(unet, decoder, class_ids, no_caption, judge.device)
+    return judge.score(images, class_ids), first_per_class(images, class_ids)
+
+
+def evaluate_diffusion_text(judge: Judge, unet: diffusion.UNet, decoder: vae.ScaledDecoder,
+                            dataset: data.EmojiDataset) -> dict:
+    """Text only (class = NULL_CLASS) from the held-out captions, which training never saw; the
+    classifier's verdict is compared with each caption's true class."""
+    captions = text.caption_embeddings(dataset.captions)[dataset.held_out, CAPTION_TEMPLATE]  # (369, 384)
+    null_class = np.full(len(captions), diffusion.NULL_CLASS, np.int64)
+    images = diffusion_images(unet, decoder, null_class, captions, judge.device)
+    result = judge.score(images, dataset.labels[dataset.held_out])
+    result["caption_template"] = text.CAPTION_TEMPLATES[CAPTION_TEMPLATE]
+    return result
+
+
+def prompt_samples(judge: Judge, unet: diffusion.UNet, decoder: vae.ScaledDecoder) -> tuple[dict, list]:
+    """GRID_COLUMNS samples per free-form prompt, text only, and the class the judge sees in each."""
+    encoder = text.load_sentence_transformer()
+    embeddings = encoder.encode(list(PROMPTS), normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    captions = np.repeat(embeddings, GRID_COLUMNS, axis=0)  # (64, 384), prompt-major
+    null_class = np.full(len(captions), diffusion.NULL_CLASS, np.int64)
+    images = diffusion_images(unet, decoder, null_class, captions, judge.device)
+    predicted = evaluate.predict(judge.classifier, images, judge.device).reshape(len(PROMPTS), GRID_COLUMNS)
+    judged = {prompt: {data.GROUPS[c]: int(n) for c, n in zip(*np.unique(row, return_counts=True))}
+              for prompt, row in zip(PROMPTS, predicted)}
+    return judged, list(images.reshape(len(PROMPTS), GRID_COLUMNS, 32, 32, 3))
+
+
+def write_grid(rows: list[np.ndarray], path: Path) -> None:
+    """Rows of (k, 32, 32, 3) uint8 images on a grey lattice, scaled up GRID_SCALE times."""
+    cell = 32 + GUTTER
+    columns = max(len(row) for row in rows)
+    canvas = np.full((len(rows) * cell + GUTTER, columns * cell + GUTTER, 3), GUTTER_GREY, np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            canvas[GUTTER + r * cell:GUTTER + r * cell + 32, GUTTER + c * cell:GUTTER + c * cell + 32] = image
+    grid = Image.fromarray(canvas)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.resize((grid.width * GRID_SCALE, grid.height * GRID_SCALE), Image.NEAREST).save(path)
+    log.info("wrote %s", path)
+
+
+def provenance(device: torch.device) -> dict:
+    """Command, commit, device and date stamped beside every figure (house rule 18)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "export"):
+        commit += " + uncommitted export/ changes"
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        where = f"cpu ({torch.get_num_threads()} threads)"
+    return {"command": COMMAND, "commit": commit, "device": f"{where}, torch {torch.__version__}",
+            "date": datetime.datetime.now(datetime.UTC).date().isoformat(), "seed": SEED}
+
+
+def write_manifests(results: dict, evaluated: dict) -> None:
+    for name in ("vae", "gmm", "dcgan"):
+        manifest.update_metrics(manifest.MODELS_DIR / name, {**results[name], "evaluated": evaluated})
+    manifest.update_metrics(manifest.MODELS_DIR / "diffusion", {**results["diffusion"], "evaluated": evaluated,
+                                                                "text_conditioned": results["diffusion_text"]})
+
+
+def evaluate_all(device: str) -> dict:
+    """Score every generator, write manifests' metrics, docs/evaluation.json and docs/samples/*.png."""
+    started = time.perf_counter()
+    torch.set_num_threads(min(torch.get_num_threads(), CPU_THREADS))
+    torch_device = training.pick_device(device)
+    dataset = data.load()
+    judge = make_judge(dataset, torch_device)
+    judge_accuracy, judge_balanced = evaluate.held_out_accuracy(judge.classifier, dataset, torch_device)
+    autoencoder = vae.load_trained(torch_device)
+    decoder, unet = vae.ScaledDecoder(autoencoder), diffusion.load_trained(torch_device)
+    class_ids = training_like_class_ids(dataset, SAMPLES)
+    results, grids = {}, {}
+    results["vae"], grids["vae_reconstructions"] = evaluate_vae(judge, autoencoder, dataset)
+    results["gmm"], grids["gmm"] = evaluate_gmm(judge, decoder, class_ids)
+    results["dcgan"], grids["dcgan"] = evaluate_dcgan(judge, class_ids)
+    results["diffusion"], grids["diffusion"] = evaluate_diffusion(judge, unet, decoder, class_ids)
+    results["diffusion_text"] = evaluate_diffusion_text(judge, unet, decoder, dataset)
+    prompts_judged, grids["diffusion_text"] = prompt_samples(judge, unet, decoder)
+    for name, rows in grids.items():
+        write_grid(rows, SAMPLES_DIR / f"{name}.png")
+    for name, result in results.items():
+        log.info("%s: %s", name, json.dumps(result))
+    evaluated = {**provenance(torch_device), "reference": f"held-out split, {int(dataset.held_out.sum())} images",
+                 "judge_held_out_accuracy": round(judge_accuracy, 3),
+                 "judge_held_out_balanced_accuracy": round(judge_balanced, 3)}
+    write_manifests(results, evaluated)
+    report = {**evaluated, "runtime_minutes": round((time.perf_counter() - started) / 60.0, 2),
+              "sample_counts": f"{SAMPLES} per generator; the held-out split has only {len(judge.reference)}, "
+                               "so the reference, VAE reconstructions and text-only samples use all of it",
+              "baselines": {str(n): b for n, b in judge.baselines.items()}, "models": results,
+              "prompt_samples": {"prompts": list(PROMPTS), "judged_classes": prompts_judged}}
+    (DOCS_DIR / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("evaluation done in %.1f min -> %s", report["runtime_minutes"], DOCS_DIR / "evaluation.json")
+    return report
