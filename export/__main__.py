@@ -14,7 +14,7 @@ import logging
 import sys
 
 TRAINABLE = ("vae", "dcgan", "diffusion", "gmm", "classifier")
-PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "all")
+PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "themes", "all")
 REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text")
 
 

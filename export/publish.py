@@ -164,6 +164,21 @@ def publish_text(models_dir: Path) -> dict:
     return manifest.write(target, entry)
 
 
+def publish_themes(models_dir: Path) -> dict:
+    """models/text/themes.npz: the training captions' embeddings and classes, so the class-only
+    models can follow a text theme by nearest captions ("rocket" -> Travel & Places)."""
+    dataset = data.load()
+    train = ~dataset.held_out
+    vectors = text.caption_embeddings(dataset.captions)[train, 0]  # the bare-name phrasing
+    target = models_dir / "text"
+    np.savez_compressed(target / "themes.npz", embeddings=vectors.astype(np.float16),
+                        class_id=dataset.labels[train], captions=dataset.captions[train])
+    entry = manifest.read(target)
+    entry.pop("files", None)
+    entry["themes_file"] = "themes.npz"
+    return manifest.write(target, entry)
+
+
 PROMPTS = ("a red heart", "a future city", "grinning face", "a cat", "thumbs up: medium skin tone",
            "flag: Japan", "pizza", "rocket", "a bouquet of flowers on a table at night", "x")
 
@@ -193,4 +208,5 @@ def publish_all(models_dir: Path = manifest.MODELS_DIR) -> None:
         publish(models_dir)
     if not (models_dir / "text" / manifest.MANIFEST).exists():
         publish_text(models_dir)
+    publish_themes(models_dir)
     log.info("%s", json.dumps({p.name: len(manifest.read(p)["files"]) for p in models_dir.iterdir()}))

@@ -54,6 +54,9 @@ class Engine:
         self.tokenizer = Tokenizer.from_file(str(text.directory / text.manifest["tokenizer_file"]))
         self.tokenizer.enable_truncation(text.manifest["max_tokens"])
         self._prompt_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        with np.load(text.directory / text.manifest["themes_file"]) as themes:
+            self.theme_vectors = themes["embeddings"].astype(np.float32)  # (captions, 384), unit norm
+            self.theme_classes = themes["class_id"]
         # request-level batching (the benchmark's comparison): whole sampling loops in cohorts
         self.cohorts = CohortGate() if config.diffusion_batching == "request" else None
 

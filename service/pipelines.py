@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass, field
 
+import emoji
 import numpy as np
 
 from service import samplers
@@ -80,12 +81,21 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-async def theme_class(engine: Engine, prompt: str) -> int:
-    """The class whose name is nearest to the prompt in the text encoder's space ("a red heart" ->
-    Smileys & Emotion): how the class-only models follow a text theme."""
-    classes = engine.manifest("dcgan")["classes"]
-    vectors = await engine.embed_text([prompt, *(f"an emoji of {c.lower()}" for c in classes)])
-    return int(np.argmax(vectors[1:] @ vectors[0]))
+def prompt_text(prompt: str) -> str:
+    """Emoji in a prompt become their names ("❤️ city" -> "red heart city"): MiniLM's vocabulary
+    is English words, and would read an emoji as [UNK]."""
+    return " ".join(emoji.demojize(prompt, delimiters=(" ", " ")).replace("_", " ").split())
+
+
+async def theme_class(engine: Engine, prompt: str, neighbours: int = 7, temperature: float = 0.05) -> int:
+    """The class of the training captions nearest to the prompt, each neighbour's vote weighted by
+    exp(cosine / temperature) so an exact match outvotes loose ones ("a cat" -> Animals & Nature,
+    not the cat smileys): how the class-only models (dcgan, gmm) follow a text theme."""
+    vector = (await engine.embed_text([prompt_text(prompt)]))[0]
+    similarity = engine.theme_vectors @ vector  # (captions,)
+    nearest = np.argsort(similarity)[-neighbours:]
+    votes = np.exp((similarity[nearest] - similarity[nearest].max()) / temperature)
+    return int(np.bincount(engine.theme_classes[nearest], weights=votes).argmax())
 
 
 async def resolve_classes(engine: Engine, request: GenerateRequest,
@@ -137,7 +147,7 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         sigmas = samplers.uniform_t_sigmas(schedule, request.steps)
     n = request.n
     class_id = np.full(n, manifest["conditioning"]["null_class"] if request.class_id is None else request.class_id)
-    text = (np.repeat(await engine.embed_text([request.prompt]), n, axis=0) if request.prompt
+    text = (np.repeat(await engine.embed_text([prompt_text(request.prompt)]), n, axis=0) if request.prompt
             else np.zeros((n, manifest["conditioning"]["text_dim"]), np.float32))
     guidance = np.full(n, request.guidance, np.float32)
 
