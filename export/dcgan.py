@@ -117,17 +117,11 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
     opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
     ema = training.EMA(gen, decay=0.999)
+    run = training.Run("dcgan", {"model": gen, "disc": disc, "opt_g": opt_g, "opt_d": opt_d, "ema": ema.module},
+                       generator, seed, steps, minutes, device)
+    generator = run.generator
     sampler = training.BalancedSampler(labels, generator)
-    step, state = 0, training.load_checkpoint("dcgan", device)
-    prior_minutes = state["minutes"] if state else 0.0
-    if state:
-        gen.load_state_dict(state["model"]), disc.load_state_dict(state["disc"])
-        opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-        ema.module.load_state_dict(state["ema"])
-        step, generator = state["step"], state["generator"]
-        sampler.generator = generator
-    budget = training.Budget(steps, minutes)
-    while not budget.exhausted(step):
+    while run.running():
         idx = sampler(batch).to(device)
         real, class_id = images[idx], labels[idx]
         real = torch.where((torch.rand(batch, 1, 1, 1, generator=generator) < 0.5).to(device), real.flip(3), real)
@@ -138,20 +132,13 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         opt_d.zero_grad(set_to_none=True), loss_d.backward(), opt_d.step()
         loss_g = -disc(diff_augment(fake, generator), class_id).mean()
         opt_g.zero_grad(set_to_none=True), loss_g.backward(), opt_g.step(), ema.update(gen)
-        step += 1
-        if step % 1000 == 0:
-            log.info("dcgan step %d loss_d %.3f loss_g %.3f (%.1f min)", step, loss_d.item(), loss_g.item(),
-                     budget.elapsed_minutes())
-        if budget.checkpoint_due() or budget.exhausted(step):
-            state = {"model": gen.state_dict(), "disc": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                     "opt_d": opt_d.state_dict(), "ema": ema.module.state_dict(), "step": step,
-                     "generator": generator, "seed": seed, "steps": steps,
-                     "minutes": prior_minutes + budget.elapsed_minutes(), "device": str(device)}
-            training.save_checkpoint("dcgan", state)
+        run.advance()
+        if run.step % 1000 == 0:
+            log.info("dcgan step %d loss_d %.3f loss_g %.3f (%.1f min)", run.step, loss_d.item(), loss_g.item(),
+                     run.minutes())
     recalibrate_batch_norm(ema.module, generator, device)
-    state["ema"] = ema.module.state_dict()
-    training.save_checkpoint("dcgan", state)
-    log.info("dcgan done: %d steps in %.1f min", step, state["minutes"])
+    state = run.save()
+    log.info("dcgan done: %d steps in %.1f min", run.step, state["minutes"])
     return state
 
 

@@ -120,16 +120,11 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
     unet = UNet().to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=3e-4, weight_decay=0.0)
     ema = training.EMA(unet, decay=0.9995)
+    run = training.Run("diffusion", {"model": unet, "opt": opt, "ema": ema.module}, generator, seed, steps,
+                       minutes, device)
+    generator = run.generator
     sampler = training.BalancedSampler(labels, generator)
-    step, state = 0, training.load_checkpoint("diffusion", device)
-    prior_minutes = state["minutes"] if state else 0.0
-    if state:
-        unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        ema.module.load_state_dict(state["ema"])
-        step, generator = state["step"], state["generator"]
-        sampler.generator = generator
-    budget = training.Budget(steps, minutes)
-    while not budget.exhausted(step):
+    while run.running():
         idx = sampler(batch).to(device)
         x0 = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator).to(device)
         template = torch.randint(len(text.CAPTION_TEMPLATES), (batch,), generator=generator).to(device)
@@ -147,15 +142,11 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         opt.zero_grad(set_to_none=True), loss.backward()
         nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step(), ema.update(unet)
-        step += 1
-        if step % 1000 == 0:
-            log.info("diffusion step %d loss %.4f (%.1f min)", step, loss.item(), budget.elapsed_minutes())
-        if budget.checkpoint_due() or budget.exhausted(step):
-            state = {"model": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.module.state_dict(),
-                     "step": step, "generator": generator, "seed": seed, "steps": steps,
-                     "minutes": prior_minutes + budget.elapsed_minutes(), "device": str(device)}
-            training.save_checkpoint("diffusion", state)
-    log.info("diffusion done: %d steps in %.1f min", step, state["minutes"])
+        run.advance()
+        if run.step % 1000 == 0:
+            log.info("diffusion step %d loss %.4f (%.1f min)", run.step, loss.item(), run.minutes())
+    state = run.save()
+    log.info("diffusion done: %d steps in %.1f min", run.step, state["minutes"])
     return state
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ GRID_COLUMNS = 8
 GRID_SCALE = 2  # nearest-neighbour, so every generated pixel stays visible
 GUTTER, GUTTER_GREY = 2, 192
 VAE_GRID_IMAGES = 16
+SKIN_TONE = re.compile(r"(light|medium-light|medium|medium-dark|dark) skin tone")
 PROMPTS = ("a red heart", "a future city", "grinning face", "a cat", "pizza", "rocket", "flag: Japan",
            "thumbs up")
 
@@ -70,13 +72,56 @@ def make_judge(dataset: data.EmojiDataset, device: torch.device) -> Judge:
     reference, _ = evaluate.features_and_logits(classifier, held_out.images32, device)
     baselines = {}
     for count in sorted({min(SAMPLES, len(train)), len(held_out)}):
-        rng = np.random.Generator(np.random.PCG64(SEED))
-        real = train.images32[rng.choice(len(train), count, replace=False)]
-        noise = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        real = floor_images(train, count)
+        noise = np.random.Generator(np.random.PCG64(SEED)).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
         baselines[count] = {"fid_floor": evaluate.score(classifier, real, None, reference, device)["fid_own"],
                             "fid_noise": evaluate.score(classifier, noise, None, reference, device)["fid_own"]}
         log.info("%d samples: floor %.2f, noise ceiling %.2f", count, *baselines[count].values())
     return Judge(classifier, reference, baselines, device)
+
+
+def floor_images(train: data.EmojiDataset, count: int) -> np.ndarray:
+    """The floor's real images: `count` training images drawn without replacement, seed SEED."""
+    return train.images32[np.random.Generator(np.random.PCG64(SEED)).choice(len(train), count, replace=False)]
+
+
+@torch.no_grad()
+def floor_checks(judge: Judge, dataset: data.EmojiDataset, autoencoder: vae.VAE) -> dict:
+    """Whether the floor is a lower bound. The judge was trained on the training split, so its
+    features of those very images may sit apart from its features of any unseen image, real or
+    generated. Check 1 (equal counts): held-out half vs the other half, split by base emoji as the
+    held-out split itself is, beside training images vs that same half. Check 2: VAE
+    reconstructions of the floor's own training images."""
+    held_out, train = dataset.split(held_out=True), dataset.split(held_out=False)
+    first, second = base_emoji_halves(held_out.captions)
+    train_images = floor_images(train, len(first))
+    train_features, _ = evaluate.features_and_logits(judge.classifier, train_images, judge.device)
+    count = min(SAMPLES, len(train))
+    images = torch.from_numpy(data.to_unit_range(floor_images(train, count))).to(judge.device)
+    encoder, decoder = vae.ScaledEncoder(autoencoder), vae.ScaledDecoder(autoencoder)
+    reconstructions = decode(decoder, torch.cat([encoder(chunk)[0] for chunk in images.split(256)]))
+    halves = judge.reference[first], judge.reference[second]
+    checks = {"held_out_half_vs_other_half": evaluate.frechet_distance(*halves),
+              "training_vs_held_out_half": evaluate.frechet_distance(train_features, halves[1]),
+              "half_sizes": [len(first), len(second)],
+              "training_reconstructions_vs_held_out": judge.score(reconstructions, None)["fid_own"],
+              "training_originals_vs_held_out": judge.baselines[count]["fid_floor"], "count": count}
+    log.info("floor checks: %s", checks)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in checks.items()}
+
+
+def base_emoji_halves(captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two halves of the indices with every skin-tone variant on the same side as its base emoji."""
+    bases = np.array([SKIN_TONE.sub("", caption).rstrip(" :,") for caption in captions])
+    order = np.random.Generator(np.random.PCG64(SEED)).permutation(np.unique(bases))
+    first_bases, sizes = set(), 0
+    for base in order:  # whole groups into the first half until it holds half of the images
+        if sizes >= len(captions) // 2:
+            break
+        first_bases.add(base)
+        sizes += int(np.sum(bases == base))
+    in_first = np.isin(bases, list(first_bases))
+    return np.flatnonzero(in_first), np.flatnonzero(~in_first)
 
 
 def image_rngs(count: int) -> list[np.random.Generator]:
@@ -110,7 +155,8 @@ def evaluate_vae(judge: Judge, autoencoder: vae.VAE, dataset: data.EmojiDataset)
     reconstructions = decode(vae.ScaledDecoder(autoencoder), latents)
     result = judge.score(reconstructions, held_out.labels)
     result["held_out_psnr_db"] = round(vae.held_out_psnr(autoencoder, dataset, judge.device), 2)
-    picked = np.sort(np.random.Generator(np.random.PCG64(SEED)).choice(len(held_out), VAE_GRID_IMAGES, replace=False))
+    rng = np.random.Generator(np.random.PCG64(SEED))
+    picked = np.sort(rng.choice(len(held_out), VAE_GRID_IMAGES, replace=False))
     return result, [held_out.images32[picked], reconstructions[picked]]
 
 
@@ -220,6 +266,7 @@ def evaluate_all(device: str) -> dict:
     decoder, unet = vae.ScaledDecoder(autoencoder), diffusion.load_trained(torch_device)
     class_ids = training_like_class_ids(dataset, SAMPLES)
     results, grids = {}, {}
+    checks = floor_checks(judge, dataset, autoencoder)
     results["vae"], grids["vae_reconstructions"] = evaluate_vae(judge, autoencoder, dataset)
     results["gmm"], grids["gmm"] = evaluate_gmm(judge, decoder, class_ids)
     results["dcgan"], grids["dcgan"] = evaluate_dcgan(judge, class_ids)
@@ -237,7 +284,8 @@ def evaluate_all(device: str) -> dict:
     report = {**evaluated, "runtime_minutes": round((time.perf_counter() - started) / 60.0, 2),
               "sample_counts": f"{SAMPLES} per generator; the held-out split has only {len(judge.reference)}, "
                                "so the reference, VAE reconstructions and text-only samples use all of it",
-              "baselines": {str(n): b for n, b in judge.baselines.items()}, "models": results,
+              "baselines": {str(n): b for n, b in judge.baselines.items()}, "floor_checks": checks,
+              "models": results,
               "prompt_samples": {"prompts": list(PROMPTS), "judged_classes": prompts_judged}}
     (DOCS_DIR / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("evaluation done in %.1f min -> %s", report["runtime_minutes"], DOCS_DIR / "evaluation.json")

@@ -68,6 +68,40 @@ class EMA:
             ema_buffer.copy_(buffer)
 
 
+class Run:
+    """One recipe's resumable run: the parts it checkpoints (modules, optimisers, EMA), its step,
+    its random generator and the minutes spent so far, restored from the last checkpoint."""
+
+    def __init__(self, name: str, parts: dict, generator: torch.Generator, seed: int, steps: int,
+                 minutes: float, device: torch.device):
+        self.name, self.parts, self.seed, self.steps, self.device = name, parts, seed, steps, device
+        self.step, self.generator, self.prior_minutes = 0, generator, 0.0
+        state = load_checkpoint(name)
+        if state is not None:
+            for key, part in parts.items():
+                part.load_state_dict(state[key])
+            self.step, self.generator, self.prior_minutes = state["step"], state["generator"], state["minutes"]
+        self.budget = Budget(steps, minutes)
+
+    def running(self) -> bool:
+        return not self.budget.exhausted(self.step)
+
+    def advance(self) -> None:
+        self.step += 1
+        if self.budget.checkpoint_due() or self.budget.exhausted(self.step):
+            self.save()
+
+    def minutes(self) -> float:
+        return self.prior_minutes + self.budget.elapsed_minutes()
+
+    def save(self, **extra) -> dict:
+        state = {key: part.state_dict() for key, part in self.parts.items()}
+        state.update(step=self.step, generator=self.generator, seed=self.seed, steps=self.steps,
+                     minutes=self.minutes(), device=str(self.device), **extra)
+        save_checkpoint(self.name, state)
+        return state
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -141,15 +141,10 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
     opt = torch.optim.Adam(vae.parameters(), lr=2e-4, betas=(0.5, 0.9))
     opt_critic = torch.optim.Adam(critic.parameters(), lr=2e-4, betas=(0.5, 0.9))
     ema = training.EMA(vae, decay=0.999)
-    step, state = 0, training.load_checkpoint("vae", device)
-    prior_minutes = state["minutes"] if state else 0.0
-    if state:
-        vae.load_state_dict(state["model"]), critic.load_state_dict(state["critic"])
-        opt.load_state_dict(state["opt"]), opt_critic.load_state_dict(state["opt_critic"])
-        ema.module.load_state_dict(state["ema"])
-        step, generator = state["step"], state["generator"]
-    budget = training.Budget(steps, minutes)
-    while not budget.exhausted(step):
+    run = training.Run("vae", {"model": vae, "critic": critic, "opt": opt, "opt_critic": opt_critic,
+                               "ema": ema.module}, generator, seed, steps, minutes, device)
+    generator = run.generator
+    while run.running():
         idx = torch.randint(len(images), (batch,), generator=generator).to(device)
         real = training.augment(images[idx], generator)
         mean, logvar = vae.encoder(real)
@@ -157,28 +152,20 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         fake = vae.decoder(latent)
         kl = 0.5 * torch.mean(mean**2 + logvar.exp() - 1.0 - logvar)
         loss = (fake - real).abs().mean() + ((fake - real) ** 2).mean() + KL_WEIGHT * kl
-        adversarial = budget.progress(step) >= ADVERSARIAL_START
+        adversarial = run.budget.progress(run.step) >= ADVERSARIAL_START
         if adversarial:
             loss = loss - ADVERSARIAL_WEIGHT * critic(fake).mean()
         opt.zero_grad(set_to_none=True), loss.backward(), opt.step(), ema.update(vae)
         if adversarial:  # hinge loss for the critic
             critic_loss = (torch.relu(1 - critic(real)).mean() + torch.relu(1 + critic(fake.detach())).mean())
             opt_critic.zero_grad(set_to_none=True), critic_loss.backward(), opt_critic.step()
-        step += 1
-        if step % 500 == 0:
-            log.info("vae step %d loss %.4f kl %.3f held-out PSNR %.2f dB (%.1f min)", step, loss.item(),
-                     kl.item(), held_out_psnr(ema.module, dataset, device), budget.elapsed_minutes())
-        if budget.checkpoint_due() or budget.exhausted(step):
-            state = {"model": vae.state_dict(), "critic": critic.state_dict(), "opt": opt.state_dict(),
-                     "opt_critic": opt_critic.state_dict(), "ema": ema.module.state_dict(), "step": step,
-                     "generator": generator, "seed": seed, "steps": steps,
-                     "minutes": prior_minutes + budget.elapsed_minutes(), "device": str(device)}
-            training.save_checkpoint("vae", state)
+        run.advance()
+        if run.step % 500 == 0:
+            log.info("vae step %d loss %.4f kl %.3f held-out PSNR %.2f dB (%.1f min)", run.step, loss.item(),
+                     kl.item(), held_out_psnr(ema.module, dataset, device), run.minutes())
     fit_latent_scale(ema.module, images)
-    state["ema"] = ema.module.state_dict()
-    state["held_out_psnr"] = held_out_psnr(ema.module, dataset, device)
-    training.save_checkpoint("vae", state)
-    log.info("vae done: %d steps, held-out PSNR %.2f dB, latent scale %.3f", step, state["held_out_psnr"],
+    state = run.save(held_out_psnr=held_out_psnr(ema.module, dataset, device))
+    log.info("vae done: %d steps, held-out PSNR %.2f dB, latent scale %.3f", run.step, state["held_out_psnr"],
              ema.module.latent_scale.item())
     return state
 
