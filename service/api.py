@@ -30,7 +30,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict, Field
 
-from service import metrics, pipelines
+from service import metrics, oip_grpc, oip_http, openai_images, pipelines
 from service.config import load_config
 from service.engine import Engine
 from service.errors import AtelierError, InvalidInput, NotReady, Overloaded, Unauthenticated, http_status
@@ -43,6 +43,8 @@ RETRY_AFTER_SECONDS = "1"
 
 app = FastAPI(title="Atelier", version="1.0.0",
               description="Generative-art model server: GAN, VAE + GMM prior and latent diffusion on onnxruntime.")
+app.include_router(oip_http.router)
+app.include_router(openai_images.router)
 
 
 class GenerateBody(BaseModel):
@@ -112,6 +114,7 @@ class Atelier:
     def __init__(self) -> None:
         self.config = load_config()
         app.state.api_key = self.config.api_key
+        app.state.atelier = self  # how the OIP and OpenAI routers (other modules) reach the service
         if self.config.prometheus_multiproc_dir:
             metrics.forget_dead_workers(self.config.prometheus_multiproc_dir)
         self.registry = Registry.load(self.config)  # raises, naming the file, on any mismatch
@@ -121,6 +124,8 @@ class Atelier:
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
+        # gRPC in this (the HTTP server's) event loop, so both transports share the Engine's batches
+        self.grpc_server = await oip_grpc.start(self, app.version)
         if self.config.warmup:
             await self.engine.warm_up()
         self.ready = True
@@ -129,6 +134,7 @@ class Atelier:
     @bentoml.on_shutdown
     async def shut_down(self) -> None:
         self.ready = False
+        await oip_grpc.stop(self.grpc_server)  # drains running RPCs (bounded) before the Engine stops
         await self.engine.stop()
 
     def __is_ready__(self) -> bool:

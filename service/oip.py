@@ -1,0 +1,303 @@
+"""Open Inference Protocol (KServe v2), the protocol without its transports.
+
+Each pipeline is an OIP model (`dcgan`, `vae`, `gmm`, `diffusion`). The transports, `oip_http.py`
+(JSON with the binary tensor extension) and `oip_grpc.py` (protobuf), decode into the plain
+`InferRequest` below, call `infer`, and encode the `InferResponse` it returns. This module never
+sees a header, a JSON body or a protobuf message, and the protocol's rules (which tensors each
+model takes, datatypes, shapes, parameters, versions) live here once for both transports.
+
+Tensors (also in each model's metadata and in docs/PROTOCOLS.md); row i of every input makes image i:
+| model               | inputs                                                   | output                    |
+|---------------------|----------------------------------------------------------|---------------------------|
+| dcgan, gmm          | `seed` INT64 [N]; optional `class_id` INT64 [N], `prompt` BYTES [N] | `image` UINT8 [N,32,32,3] |
+| diffusion           | the same, plus request parameters steps, guidance, sampler, eta     | `image` UINT8 [N,32,32,3] |
+| vae                 | `seed` INT64 [N]                                          | `image` UINT8 [N,32,32,3] |
+
+    .venv/bin/python -m pytest tests/test_oip.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service import pipelines
+from service.errors import InvalidInput, ModelNotFound
+
+if TYPE_CHECKING:
+    from service.api import Atelier
+    from service.engine import Engine
+
+SERVER_NAME = "atelier"
+# binary_tensor_data: the HTTP binary extension; parameters: request parameters (steps, guidance...)
+EXTENSIONS = ("binary_tensor_data", "parameters")
+# Every pipeline runs on onnxruntime graphs; the spec says the platform is information only.
+PLATFORM = "onnxruntime_onnx"
+
+# OIP datatype -> numpy dtype. Raw tensor bytes are little-endian, whatever the machine.
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+BYTES_LENGTH = struct.Struct("<I")  # a BYTES element on the wire: 4-byte little-endian length, then the bytes
+
+Parameter = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray  # flat, row-major, prod(shape) elements; BYTES: an object array of `bytes`
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 = any size (the batch axis N)
+    required: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    inputs: tuple[Tensor, ...]
+    version: str = ""  # "" = the version served
+    id: str = ""
+    parameters: Mapping[str, Parameter] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()  # () = every output
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model: str
+    version: str
+    id: str
+    outputs: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: Mapping[str, str]  # request parameter -> what it does (HTTP metadata only: gRPC has no field)
+
+
+SEED = TensorSpec("seed", "INT64", (-1,), True,
+                  "one image per element, drawn from its own generator: same seed and parameters, same image")
+CLASS_ID = TensorSpec("class_id", "INT64", (-1,), False,
+                      "emoji group 0..8 (the model's `classes`); -1 = none (follow the prompt, else a seeded surprise)")
+PROMPT = TensorSpec("prompt", "BYTES", (-1,), False, "UTF-8 theme, up to 500 characters; empty = none")
+MODEL_INPUTS: dict[str, tuple[TensorSpec, ...]] = {
+    "dcgan": (SEED, CLASS_ID, PROMPT), "gmm": (SEED, CLASS_ID, PROMPT), "vae": (SEED,),
+    "diffusion": (SEED, CLASS_ID, PROMPT),
+}
+NO_CLASS = -1
+
+# Request parameters -> (accepted Python types, what they do). Only diffusion uses them; the other
+# models ignore them, as /v1/generate does, so one client can send the same request to any model.
+PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
+    "steps": ((int,), f"sampler steps, 1..{pipelines.MAX_STEPS} (default 30)"),
+    "guidance": ((int, float), "classifier-free guidance scale, 0..20 (default 3.0)"),
+    "sampler": ((str,), "dpmpp_2m (default), euler, ddim or ddpm"),
+    "eta": ((int, float), "DDIM stochasticity, 0..1 (default 0)"),
+}
+
+
+def server_metadata(version: str) -> dict:
+    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def served_version(engine: Engine, model: str, version: str = "") -> str:
+    """The version of `model` this server runs; ModelNotFound for another model or version."""
+    if model not in MODEL_INPUTS:
+        raise ModelNotFound(f"unknown model {model!r}; models: {', '.join(MODEL_INPUTS)}")
+    served = engine.manifest(model)["version"]
+    if version and version != served:
+        raise ModelNotFound(f"model {model!r} has no version {version!r}; served: {served}")
+    return served
+
+
+def model_ready(atelier: Atelier, model: str, version: str = "") -> bool:
+    served_version(atelier.engine, model, version)
+    return atelier.ready
+
+
+def model_metadata(engine: Engine, model: str, version: str = "") -> ModelMetadata:
+    served = served_version(engine, model, version)
+    size = engine.manifest(model)["image_size"]
+    image = TensorSpec("image", "UINT8", (-1, size, size, 3), True, "RGB, row-major (N, height, width, channel)")
+    parameters = {name: doc for name, (_, doc) in PARAMETERS.items()} if model == "diffusion" else {}
+    return ModelMetadata(model, (served,), PLATFORM, MODEL_INPUTS[model], (image,), parameters)
+
+
+def element_count(name: str, shape: Sequence[int]) -> int:
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    return math.prod(shape)  # exact for any size, unlike a fixed-width numpy product
+
+
+def dtype_of(name: str, datatype: str) -> np.dtype:
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; OIP datatypes: {', '.join(DATATYPES)}")
+    return DATATYPES[datatype]
+
+
+def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
+    """A tensor from its raw bytes: flat row-major little-endian elements, or length-prefixed BYTES."""
+    dtype, count = dtype_of(name, datatype), element_count(name, shape)
+    if datatype == "BYTES":
+        return Tensor(name, datatype, tuple(shape), split_bytes_elements(name, raw, count))
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
+                           f"got {len(raw)}")
+    return Tensor(name, datatype, tuple(shape), np.frombuffer(raw, dtype))
+
+
+def split_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
+    elements, offset = [], 0
+    while offset < len(raw) and len(elements) < count:
+        if offset + BYTES_LENGTH.size > len(raw):
+            raise InvalidInput(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
+        (length,) = BYTES_LENGTH.unpack_from(raw, offset)
+        offset += BYTES_LENGTH.size
+        if offset + length > len(raw):
+            raise InvalidInput(f"input {name!r}: a BYTES element of {length} bytes goes beyond the tensor's data")
+        elements.append(raw[offset: offset + length])
+        offset += length
+    if len(elements) != count or offset != len(raw):
+        raise InvalidInput(f"input {name!r}: BYTES data does not hold exactly {count} length-prefixed elements")
+    out = np.empty(count, object)
+    out[:] = elements
+    return out
+
+
+def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence) -> Tensor:
+    """A tensor from a flat sequence of typed values (JSON `data`, gRPC typed `contents`)."""
+    dtype, count = dtype_of(name, datatype), element_count(name, shape)
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} elements, got {len(values)}")
+    accepted = _VALUE_TYPES[dtype.kind]
+    if not all(isinstance(v, accepted) and (bool in accepted or not isinstance(v, bool)) for v in values):
+        raise InvalidInput(f"input {name!r}: {datatype} elements must be {' or '.join(t.__name__ for t in accepted)}")
+    if datatype == "BYTES":
+        data = np.empty(count, object)
+        data[:] = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
+        return Tensor(name, datatype, tuple(shape), data)
+    try:
+        return Tensor(name, datatype, tuple(shape), np.array(values, dtype))
+    except OverflowError:
+        raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}") from None
+
+
+# numpy dtype kind -> Python types a typed value may have (str for JSON BYTES, bytes for gRPC's)
+_VALUE_TYPES: dict[str, tuple[type, ...]] = {
+    "b": (bool,), "u": (int,), "i": (int,), "f": (int, float), "O": (str, bytes),
+}
+
+
+def raw_bytes(tensor: Tensor) -> bytes:
+    """The tensor's raw wire form: what `tensor_from_raw` reads."""
+    if tensor.datatype == "BYTES":
+        return b"".join(BYTES_LENGTH.pack(len(element)) + element for element in tensor.data)
+    return tensor.data.astype(DATATYPES[tensor.datatype], copy=False).tobytes()
+
+
+def generate_requests(request: InferRequest, classes: list[str]) -> list[pipelines.GenerateRequest]:
+    """One single-image GenerateRequest per row, validated together before any work starts."""
+    tensors = checked_inputs(request)
+    n = tensors["seed"].shape[0]
+    options = generation_options(request.parameters)
+    rows = []
+    for i in range(n):
+        class_id = int(tensors["class_id"].data[i]) if "class_id" in tensors else NO_CLASS
+        prompt = prompt_text(tensors["prompt"].data[i]) if "prompt" in tensors else None
+        rows.append(pipelines.GenerateRequest(model=request.model, n=1, seed=int(tensors["seed"].data[i]),
+                                              class_id=None if class_id == NO_CLASS else class_id,
+                                              prompt=prompt, **options))
+    for row in rows:
+        pipelines.validate(row, classes)
+    return rows
+
+
+def checked_inputs(request: InferRequest) -> dict[str, Tensor]:
+    """The request's inputs by name, each checked against the model's TensorSpec."""
+    specs = {spec.name: spec for spec in MODEL_INPUTS[request.model]}
+    tensors: dict[str, Tensor] = {}
+    for tensor in request.inputs:
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(f"model {request.model!r} has no input {tensor.name!r}; inputs: {', '.join(specs)}")
+        if tensor.name in tensors:
+            raise InvalidInput(f"input {tensor.name!r} is given twice")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(f"input {tensor.name!r} must be {spec.datatype}, got {tensor.datatype}")
+        if len(tensor.shape) != 1:
+            raise InvalidInput(f"input {tensor.name!r} must have shape [N], got {list(tensor.shape)}")
+        tensors[tensor.name] = tensor
+    missing = [name for name, spec in specs.items() if spec.required and name not in tensors]
+    if missing:
+        raise InvalidInput(f"missing input {', '.join(map(repr, missing))} (model {request.model!r} needs it)")
+    n = tensors["seed"].shape[0]
+    if not 1 <= n <= pipelines.MAX_IMAGES:
+        raise InvalidInput(f"N (the length of 'seed') must be 1..{pipelines.MAX_IMAGES}, got {n}")
+    if any(tensor.shape[0] != n for tensor in tensors.values()):
+        raise InvalidInput(f"every input must have the same length N = {n} (one row per image)")
+    return tensors
+
+
+def generation_options(parameters: Mapping[str, Parameter]) -> dict[str, Parameter]:
+    for name, value in parameters.items():
+        if name not in PARAMETERS:
+            raise InvalidInput(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
+        accepted = PARAMETERS[name][0]
+        if not isinstance(value, accepted) or isinstance(value, bool):
+            raise InvalidInput(f"parameter {name!r} must be {' or '.join(t.__name__ for t in accepted)}, "
+                               f"got {value!r}")
+    return {name: float(value) if float in PARAMETERS[name][0] else value for name, value in parameters.items()}
+
+
+def prompt_text(element: bytes) -> str | None:
+    try:
+        return element.decode("utf-8") or None
+    except UnicodeDecodeError:
+        raise InvalidInput("input 'prompt': elements must be UTF-8 text") from None
+
+
+async def infer(atelier: Atelier, request: InferRequest, route: str, protocol: str,
+                disconnected: Callable[[], Awaitable[None]] | None = None) -> InferResponse:
+    """Run every row concurrently, so they share Engine batches with each other and with every
+    other request in the process; `disconnected`, when given, cancels the rows if it completes first."""
+    version = served_version(atelier.engine, request.model, request.version)
+    unknown = [name for name in request.outputs if name != "image"]
+    if unknown:
+        raise InvalidInput(f"model {request.model!r} has no output {unknown[0]!r}; outputs: image")
+    async with atelier.admitted(route, request.model, protocol):
+        rows = generate_requests(request, atelier.engine.manifest("dcgan")["classes"])
+        work = run_rows(atelier, rows)
+        generated = await (pipelines.run_cancellable(work, disconnected()) if disconnected else work)
+    images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8
+    return InferResponse(request.model, version, request.id, (Tensor("image", "UINT8", images.shape, images.ravel()),))
+
+
+async def run_rows(atelier: Atelier, rows: list[pipelines.GenerateRequest]) -> list[pipelines.Generated]:
+    tasks = [asyncio.ensure_future(atelier.run(row)) for row in rows]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # a failed row (or a cancelled request) stops its siblings' remaining steps
+            task.cancel()

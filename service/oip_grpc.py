@@ -1,0 +1,168 @@
+"""Open Inference Protocol over gRPC: `inference.GRPCInferenceService` on `grpc.aio`.
+
+A thin transport over `oip.py`, like `oip_http.py`: decode the protobuf into `oip.InferRequest`,
+call `oip.infer`, encode the answer (always as `raw_output_contents`). Inputs may come as typed
+`contents` or as `raw_input_contents`. The server runs in the HTTP server's event loop, started and
+stopped by Atelier's start-up and shutdown hooks, so its requests join the same Engine batches as
+HTTP ones. Errors leave as gRPC status codes from errors.py's one table. With ATELIER_API_KEY set,
+every RPC but ServerLive and ServerReady needs the metadata `authorization: Bearer <key>`.
+
+    .venv/bin/python -c "import tritonclient.grpc as g; \
+print(g.InferenceServerClient('localhost:8001').get_model_metadata('dcgan'))"
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from service import oip
+from service.errors import AtelierError, InvalidInput, grpc_code, public_message
+from service.protos import grpc_service_pb2 as pb
+from service.protos import grpc_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from service.api import Atelier
+
+log = logging.getLogger(__name__)
+
+SERVICE = "/inference.GRPCInferenceService/"
+ROUTE = SERVICE + "ModelInfer"  # the metrics label
+OPEN_METHODS = (SERVICE + "ServerLive", SERVICE + "ServerReady")  # probes need no key, as over HTTP
+# Same bound as an HTTP body (oip_http.MAX_BODY_BYTES): gRPC answers RESOURCE_EXHAUSTED beyond it.
+MAX_MESSAGE_BYTES = 1 << 20
+# On shutdown new RPCs are refused at once; running ones get this long to finish (a CPU diffusion
+# request takes seconds) before they are cancelled.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+# datatype -> the InferTensorContents field holding its typed values (FP16 has none: raw only)
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def answers_with_status(method):
+    """An AtelierError leaves as its table's gRPC code and message; anything else as INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except Exception as error:  # CancelledError (client gone, shutdown) is a BaseException: it passes
+            if not isinstance(error, AtelierError):
+                log.exception("unhandled error in %s", method.__name__)
+            await context.abort(grpc_code(error), public_message(error))
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, atelier: Atelier, server_version: str):
+        self.atelier = atelier
+        self.server_version = server_version
+
+    @answers_with_status
+    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @answers_with_status
+    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.atelier.ready)
+
+    @answers_with_status
+    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=oip.model_ready(self.atelier, request.name, request.version))
+
+    @answers_with_status
+    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**oip.server_metadata(self.server_version))
+
+    @answers_with_status
+    async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
+        metadata = oip.model_metadata(self.atelier.engine, request.name, request.version)
+        tensors = [[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                    for s in specs] for specs in (metadata.inputs, metadata.outputs)]
+        return pb.ModelMetadataResponse(name=metadata.name, versions=metadata.versions, platform=metadata.platform,
+                                        inputs=tensors[0], outputs=tensors[1])
+
+    @answers_with_status
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        # a client that goes away cancels this task, and oip.run_rows cancels its rows' remaining steps
+        answer = await oip.infer(self.atelier, decode_request(request), ROUTE, "oip_grpc")
+        response = pb.ModelInferResponse(model_name=answer.model, model_version=answer.version, id=answer.id)
+        for tensor in answer.outputs:
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            response.raw_output_contents.append(oip.raw_bytes(tensor))
+        return response
+
+
+def decode_request(request: pb.ModelInferRequest) -> oip.InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    tensors = []
+    for index, tensor in enumerate(request.inputs):
+        if raw and tensor.HasField("contents"):
+            raise InvalidInput(f"input {tensor.name!r} has typed contents in a request using raw_input_contents")
+        if raw:
+            tensors.append(oip.tensor_from_raw(tensor.name, tensor.datatype, tensor.shape, raw[index]))
+            continue
+        oip.dtype_of(tensor.name, tensor.datatype)  # an unknown datatype says so, not "no typed contents"
+        if tensor.datatype not in CONTENTS_FIELDS:
+            raise InvalidInput(f"input {tensor.name!r}: {tensor.datatype} has no typed contents; use raw_input_contents")
+        values = getattr(tensor.contents, CONTENTS_FIELDS[tensor.datatype])
+        tensors.append(oip.tensor_from_values(tensor.name, tensor.datatype, tensor.shape, values))
+    return oip.InferRequest(model=request.model_name, version=request.model_version, id=request.id,
+                            inputs=tuple(tensors), parameters=decode_parameters(request.parameters),
+                            outputs=tuple(output.name for output in request.outputs))
+
+
+def decode_parameters(parameters) -> dict[str, oip.Parameter]:
+    decoded = {}
+    for name, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidInput(f"parameter {name!r} has no value")
+        decoded[name] = getattr(parameter, choice)
+    return decoded
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every RPC but the health probes unless its metadata carries `authorization: Bearer <key>`."""
+
+    def __init__(self, api_key: str):
+        self.api_key = api_key.encode()
+        self.refusal = grpc.unary_unary_rpc_method_handler(self.refuse)
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        offered = dict(details.invocation_metadata or ()).get("authorization", "")
+        token = offered.removeprefix("Bearer ").strip().encode() if isinstance(offered, str) else b""
+        if details.method in OPEN_METHODS or hmac.compare_digest(token, self.api_key):
+            return await continuation(details)
+        return self.refusal
+
+    @staticmethod
+    async def refuse(request, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key")
+
+
+async def start(atelier: Atelier, server_version: str) -> grpc.aio.Server:
+    """Serve on config.grpc_port, all interfaces, in the running (HTTP server's) event loop."""
+    api_key = atelier.config.api_key
+    server = grpc.aio.server(interceptors=[BearerTokenInterceptor(api_key)] if api_key else [],
+                             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(atelier, server_version), server)
+    server.add_insecure_port(f"[::]:{atelier.config.grpc_port}")
+    await server.start()
+    log.info("OIP gRPC serving on port %d", atelier.config.grpc_port)
+    return server
+
+
+async def stop(server: grpc.aio.Server) -> None:
+    await server.stop(SHUTDOWN_GRACE_SECONDS)
