@@ -1,10 +1,14 @@
-"""OpenAI Images API compatibility: `POST /v1/images/generations`, so OpenAI clients work unchanged.
+"""OpenAI Images API compatibility, so OpenAI clients work unchanged:
+- `POST /v1/images/generations` (JSON): prompt -> images;
+- `POST /v1/images/edits` (multipart): image + prompt -> img2img (SDEdit), or with a mask (its
+  transparent pixels mark what to repaint) -> inpainting, the rest of the image kept exactly;
+- `POST /v1/images/variations` (multipart): image -> images like it (img2img without a prompt).
 
-The body is OpenAI's (prompt, model, n, size, response_format `b64_json`) plus Atelier's extras as
-extra fields (seed, steps, guidance, sampler, eta, class); it decodes into the same
-`pipelines.GenerateRequest` as `/v1/generate` and runs through `Atelier.run`, so a seed gives the
-same image on both. Answers and errors have OpenAI's shapes: `{"created", "data": [{"b64_json"}]}`
-and `{"error": {"message", "type", "param", "code"}}`.
+Bodies are OpenAI's (prompt, model, n, size, response_format `b64_json`) plus Atelier's extras as
+extra fields (seed, steps, guidance, sampler, eta, class, and strength for edits and variations);
+they decode into the same `pipelines.GenerateRequest` as `/v1/generate` and run through
+`Atelier.run`, so a seed gives the same image on both. Answers and errors have OpenAI's shapes:
+`{"created", "data": [{"b64_json"}]}` and `{"error": {"message", "type", "param", "code"}}`.
 
     .venv/bin/python -c "import openai; c = openai.OpenAI(base_url='http://localhost:3000/v1', \
 api_key='unused'); print(c.images.generate(prompt='a red heart', model='diffusion').data[0].b64_json[:40])"
@@ -19,13 +23,18 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
-from service import pipelines
+from service import pipelines, uploads
 from service.errors import AtelierError, InvalidInput
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images API"])
 
 SIZE = "32x32"  # every model draws 32x32; OpenAI's "auto" means the same
+IMG2IMG_STRENGTH = 0.6  # edits without a mask and variations: keep the layout, redraw the details
+MAX_FORM_FIELDS = 32
 
 
 class ImageGenerationBody(BaseModel):
@@ -47,17 +56,64 @@ class ImageGenerationBody(BaseModel):
     class_: Annotated[int | None, Field(alias="class", ge=0, description="emoji group 0..8")] = None
 
 
+class ImageEditForm(ImageGenerationBody):
+    """The non-file fields of an edit; `image` and `mask` are the multipart files."""
+
+    strength: Annotated[float | None, Field(ge=0.0, le=1.0, description="1 with a mask, 0.6 without")] = None
+
+
+class ImageVariationForm(ImageEditForm):
+    prompt: None = None  # OpenAI's variations take no prompt
+
+
 @router.post("/generations")
 async def generate_images(request: Request) -> JSONResponse:
+    async def plain_request() -> pipelines.GenerateRequest:
+        return to_plain(parse(ImageGenerationBody, await request.body()))
+
+    return await answer(request, "/v1/images/generations", plain_request)
+
+
+@router.post("/edits", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image", "prompt"],
+    "properties": {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
+                   **ImageEditForm.model_json_schema()["properties"]}}}}}})
+async def edit_images(request: Request) -> JSONResponse:
+    async def plain_request() -> pipelines.GenerateRequest:
+        fields, files = await read_form(request, ("image", "mask"))
+        body = parse(ImageEditForm, fields)
+        if "image" not in files:
+            raise InvalidInput("image: a file is required")
+        mask = uploads.decode_mask(files["mask"], files["image"]) if "mask" in files else None
+        strength = body.strength if body.strength is not None else 1.0 if mask is not None else IMG2IMG_STRENGTH
+        return to_plain(body, init_image=uploads.decode_image(files["image"]), mask=mask, strength=strength)
+
+    return await answer(request, "/v1/images/edits", plain_request)
+
+
+@router.post("/variations", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary"},
+                   **ImageVariationForm.model_json_schema()["properties"]}}}}}})
+async def image_variations(request: Request) -> JSONResponse:
+    async def plain_request() -> pipelines.GenerateRequest:
+        fields, files = await read_form(request, ("image",))
+        body = parse(ImageVariationForm, fields)
+        if "image" not in files:
+            raise InvalidInput("image: a file is required")
+        strength = body.strength if body.strength is not None else IMG2IMG_STRENGTH
+        return to_plain(body, init_image=uploads.decode_image(files["image"]), strength=strength)
+
+    return await answer(request, "/v1/images/variations", plain_request)
+
+
+async def answer(request: Request, route: str, plain_request) -> JSONResponse:
+    """Decode, validate, admit, run and encode: the path all three routes share."""
     atelier = request.app.state.atelier
     try:
-        body = parse_body(await request.body())
-        seed = body.seed if body.seed is not None else int(np.random.default_rng().integers(2**31))
-        plain = pipelines.GenerateRequest(model=body.model, n=body.n, seed=seed, class_id=body.class_,
-                                          prompt=body.prompt, steps=body.steps, guidance=body.guidance,
-                                          sampler=body.sampler, eta=body.eta)
+        plain = await plain_request()
         pipelines.validate(plain, atelier.engine.manifest("dcgan")["classes"])  # 404 before a metrics label
-        async with atelier.admitted("/v1/images/generations", body.model, "openai"):
+        async with atelier.admitted(route, plain.model, "openai"):
             generated = await atelier.run(plain, request)
     except AtelierError as error:
         return await openai_error(request, error)
@@ -66,9 +122,38 @@ async def generate_images(request: Request) -> JSONResponse:
                          "output_format": "png", "size": SIZE})
 
 
-def parse_body(raw: bytes) -> ImageGenerationBody:
+def to_plain(body: ImageGenerationBody, **edit) -> pipelines.GenerateRequest:
+    seed = body.seed if body.seed is not None else int(np.random.default_rng().integers(2**31))
+    return pipelines.GenerateRequest(model=body.model, n=body.n, seed=seed, class_id=body.class_, prompt=body.prompt,
+                                     steps=body.steps, guidance=body.guidance, sampler=body.sampler, eta=body.eta,
+                                     **edit)
+
+
+async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A multipart body's text fields and its files (read whole: uploads.decode_* bound their size)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidInput("this route takes multipart/form-data (an image file and form fields)")
     try:
-        return ImageGenerationBody.model_validate_json(raw)
+        form = await request.form(max_files=len(file_fields), max_fields=MAX_FORM_FIELDS)
+    except (MultiPartException, HTTPException) as error:  # starlette turns the first into the second
+        raise InvalidInput(f"unreadable multipart body: {getattr(error, 'detail', None) or error}") from None
+    fields, files = {}, {}
+    for key, value in form.multi_items():
+        name = key.removesuffix("[]")  # the SDK names a list of files `image[]`
+        if isinstance(value, UploadFile):
+            if name not in file_fields:
+                raise InvalidInput(f"{name}: unexpected file; this route takes {', '.join(file_fields)}")
+            if name in files:
+                raise InvalidInput(f"{name}: one file only")
+            files[name] = await value.read(uploads.MAX_UPLOAD_BYTES + 1)
+        else:
+            fields[name] = value
+    return fields, files
+
+
+def parse(model: type[BaseModel], raw: bytes | dict):
+    try:
+        return model.model_validate_json(raw) if isinstance(raw, bytes) else model.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
         raise InvalidInput(f"invalid request: {problems}") from None

@@ -10,7 +10,8 @@ the single image of the same request with seed s + i, whatever else shared its b
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+import hashlib
+from dataclasses import dataclass, field, fields
 
 import emoji
 import numpy as np
@@ -38,6 +39,10 @@ class GenerateRequest:
     guidance: float = 3.0
     sampler: str = "dpmpp_2m"
     eta: float = 0.0
+    # img2img and inpainting (diffusion only): start from an image instead of pure noise
+    init_image: np.ndarray | None = field(default=None, repr=False)  # (32, 32, 3) uint8
+    mask: np.ndarray | None = field(default=None, repr=False)  # (32, 32) bool, True = repaint
+    strength: float = 1.0  # the fraction of the schedule run from the noised image (SDEdit); 1 = all
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,12 @@ def validate(request: GenerateRequest, classes: list[str]) -> None:
             raise InvalidInput(f"unknown sampler {request.sampler!r}; available: {', '.join(samplers.SAMPLERS)}")
         if not (0.0 <= request.guidance <= 20.0 and 0.0 <= request.eta <= 1.0):
             raise InvalidInput("guidance must be in [0, 20] and eta in [0, 1]")
+        if not 0.0 <= request.strength <= 1.0:
+            raise InvalidInput(f"strength must be in [0, 1], got {request.strength}")
+    elif request.init_image is not None:
+        raise InvalidInput(f"only the diffusion model edits images; {request.model!r} only generates")
+    if request.mask is not None and request.init_image is None:
+        raise InvalidInput("a mask needs the image it masks")
 
 
 def image_rngs(seed: int, n: int) -> list[np.random.Generator]:
@@ -116,6 +127,9 @@ async def generate(engine: Engine, request: GenerateRequest) -> Generated:
         class_ids = [request.class_id] * request.n
         latents = await sample_diffusion(engine, request, rngs)
         images = await engine.decode(latents)
+        if request.mask is not None:  # outside the mask, the client's own pixels, exactly
+            keep = ~request.mask[None, None]  # (1, 1, 32, 32)
+            images = np.where(keep, to_unit(request.init_image)[None], images)
     elif request.model == "dcgan":
         class_ids = await resolve_classes(engine, request, rngs)
         z = np.stack([rng.standard_normal(engine.manifest("dcgan")["z_dim"]) for rng in rngs]).astype(np.float32)
@@ -128,12 +142,38 @@ async def generate(engine: Engine, request: GenerateRequest) -> Generated:
         shape = engine.manifest("vae")["latent_shape"]
         images = await engine.decode(samplers.noise_like(rngs, tuple(shape)))
     manifest = engine.manifest(request.model)
-    parameters = {k: v for k, v in asdict(request).items() if v is not None and k != "model"}
-    if request.model != "diffusion":
-        for key in ("steps", "guidance", "sampler", "eta"):
-            parameters.pop(key)
     return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], class_ids, request.model,
-                     manifest["version"], parameters)
+                     manifest["version"], provenance_parameters(request))
+
+
+def provenance_parameters(request: GenerateRequest) -> dict:
+    """What made the image, for its PNG chunks: the request's settings, and the sha256 of an input
+    image or mask rather than its pixels."""
+    uploads = {"init_image": request.init_image, "mask": request.mask}
+    parameters = {f.name: getattr(request, f.name) for f in fields(request)
+                  if f.name != "model" and f.name not in uploads and getattr(request, f.name) is not None}
+    if request.model != "diffusion":
+        for key in ("steps", "guidance", "sampler", "eta", "strength"):
+            parameters.pop(key)
+    elif request.init_image is None:
+        parameters.pop("strength")
+    for name, upload in uploads.items():
+        if upload is not None:
+            parameters[f"{name}_sha256"] = hashlib.sha256(upload.tobytes()).hexdigest()
+    return parameters
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1], the models' pixel range."""
+    return (image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
+def latent_mask(mask: np.ndarray, latent_side: int) -> np.ndarray:
+    """(32, 32) pixel mask -> (1, 1, 8, 8) float32: a latent cell is repainted when any pixel it
+    covers is, so the repainted region never ends inside a cell the model was told to keep."""
+    cell = mask.shape[0] // latent_side
+    blocks = mask.reshape(latent_side, cell, latent_side, cell).any(axis=(1, 3))
+    return blocks.astype(np.float32)[None, None]
 
 
 async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[np.random.Generator]) -> np.ndarray:
@@ -150,15 +190,29 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
     text = (np.repeat(await engine.embed_text([prompt_text(request.prompt)]), n, axis=0) if request.prompt
             else np.zeros((n, manifest["conditioning"]["text_dim"]), np.float32))
     guidance = np.full(n, request.guidance, np.float32)
+    shape = tuple(manifest["latent_shape"])
+    known, repaint = None, None
+    if request.init_image is not None:
+        known = (await engine.encode(to_unit(request.init_image)[None]))[0]  # (1, 4, 8, 8) posterior mean
+        sigmas = samplers.sdedit_sigmas(sigmas, request.strength)
+        if request.mask is not None:
+            repaint = latent_mask(request.mask, shape[-1])
 
     async def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
         # variance-exploding x (samplers' space) -> the model's variance-preserving x_t and t
         x_t = x / np.sqrt(1.0 + sigma**2)
         t = np.full(n, samplers.t_of_sigma(sigma), np.float32)
         eps = await engine.denoise(x_t.astype(np.float32), t, class_id, text, guidance)
-        return x - sigma * eps  # D(x; sigma) = x - sigma * eps (Karras et al. 2022, Table 1)
+        denoised = x - sigma * eps  # D(x; sigma) = x - sigma * eps (Karras et al. 2022, Table 1)
+        if repaint is None:
+            return denoised
+        # inpainting with a model never trained for it: outside the mask the clean latent is known,
+        # so every sampler is told exactly that, and its steps blend the repainted cells into it
+        return repaint * denoised + (1.0 - repaint) * known
 
-    x = samplers.initial_noise(rngs, tuple(manifest["latent_shape"]), float(sigmas[0]))
+    x = samplers.initial_noise(rngs, shape, float(sigmas[0]))
+    if known is not None:
+        x = x + known  # SDEdit: the image, noised to the first sigma of the schedule's tail
     kwargs = {"eta": request.eta} if request.sampler == "ddim" else {}
     if engine.cohorts is None:
         return await samplers.SAMPLERS[request.sampler](denoise, x, sigmas, rngs, **kwargs)

@@ -1,0 +1,80 @@
+"""Uploaded images and masks: decoded onto the training canvas at 32×32, hostile uploads refused
+with a 400 before any pixel is decoded.
+
+    .venv/bin/python -m pytest tests/test_uploads.py -q
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import uploads
+from service.errors import InvalidInput
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header that declares width × height pixels, with almost no data behind it."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_any_size_image_becomes_32_by_32_rgb_uint8():
+    decoded = uploads.decode_image(png(Image.new("RGB", (200, 120), (200, 30, 30))))
+    assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
+    assert tuple(decoded[16, 16]) == (200, 30, 30)  # the centre keeps its colour
+    assert tuple(decoded[0, 16]) == (255, 255, 255)  # a wide image is padded with the white canvas
+
+
+def test_transparent_pixels_become_the_white_training_canvas():
+    decoded = uploads.decode_image(png(Image.new("RGBA", (64, 64), (0, 0, 0, 0))))
+    assert (decoded == 255).all()
+
+
+def test_mask_marks_transparent_pixels_for_repainting():
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # left half transparent: repaint it
+    repaint = uploads.decode_mask(png(mask), png(Image.new("RGB", (64, 64))))
+    assert repaint.shape == (32, 32) and repaint[:, :16].all() and not repaint[:, 16:].any()
+
+
+def test_mask_without_alpha_is_refused_with_a_reason():
+    with pytest.raises(InvalidInput, match="alpha channel"):
+        uploads.decode_mask(png(Image.new("RGB", (8, 8))), png(Image.new("RGB", (8, 8))))
+
+
+def test_mask_of_another_size_is_refused():
+    with pytest.raises(InvalidInput, match="8x8 but the image is 16x16"):
+        uploads.decode_mask(png(Image.new("RGBA", (8, 8))), png(Image.new("RGB", (16, 16))))
+
+
+@pytest.mark.parametrize("side", [5_000, 50_000])  # past our limit; past Pillow's own bomb limit too
+def test_decompression_bomb_is_refused_from_its_header(side):
+    with pytest.raises(InvalidInput, match="declares"):
+        uploads.decode_image(bomb_png(side, side))
+
+
+@pytest.mark.parametrize("payload,reason", [(b"", "empty"), (b"GIF89a not really", "not a PNG"),
+                                            (b"x" * (uploads.MAX_UPLOAD_BYTES + 1), "limit is")])
+def test_empty_foreign_or_oversized_upload_is_refused(payload, reason):
+    with pytest.raises(InvalidInput, match=reason):
+        uploads.decode_image(payload)
+
+
+def test_truncated_image_is_refused():
+    with pytest.raises(InvalidInput, match="truncated or corrupt|not a PNG"):
+        uploads.decode_image(png(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
