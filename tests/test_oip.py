@@ -299,8 +299,11 @@ def test_requests_beyond_the_inflight_limit_are_refused_on_both_transports(guard
         client.close()
 
 
-# The fenced ```bash and ```python blocks of docs/PROTOCOLS.md: the examples README readers copy.
-DOC_EXAMPLES = re.findall(r"```(bash|python)\n(.*?)```", (ROOT / "docs" / "PROTOCOLS.md").read_text(), re.S)
+# The fenced ```bash and ```python blocks of docs/PROTOCOLS.md and of README's protocol section:
+# the examples readers copy.
+README_PROTOCOLS = re.search(r"### Standard protocols\n(.*?)\n###? ", (ROOT / "README.md").read_text(), re.S)[1]
+DOC_EXAMPLES = re.findall(r"```(bash|python)\n(.*?)```",
+                          (ROOT / "docs" / "PROTOCOLS.md").read_text() + README_PROTOCOLS, re.S)
 
 
 @pytest.mark.parametrize("language,code", DOC_EXAMPLES, ids=[f"{lang}-{i}" for i, (lang, _) in enumerate(DOC_EXAMPLES)])
