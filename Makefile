@@ -7,7 +7,7 @@ export BENTOML_DO_NOT_TRACK := True
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test setup system-deps verify bench-steps clean
+.PHONY: serve test setup system-deps verify bench bench-quick bench-steps clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -33,6 +33,16 @@ test: setup
 
 verify: setup
 	$(PY) -m export verify
+
+# Benchmarks (bench/): full writes docs/PERFORMANCE.md; quick and steps leave docs/ alone.
+bench: setup
+	$(PY) -m bench full
+
+bench-quick: setup
+	$(PY) -m bench quick
+
+bench-steps: setup
+	$(PY) -m bench steps
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,287 @@
+"""The comparisons: every variant of a comparison measured in one run, repeated, ratios per repetition.
+
+Servers (all on 127.0.0.1, started once, stopped at the end): Atelier with its defaults, Atelier
+with batching off (`ATELIER_MAX_BATCH=1`), Atelier with request-level diffusion batching, and
+the naive torch server. Within a repetition every variant of a point runs back to back, in an
+order rotated by repetition (no variant always goes first), so a ratio compares two measurements
+taken seconds apart on the same machine; the spread over repetitions shows the noise.
+
+1. ceiling: in-process onnxruntime sweep over batch sizes, then the best batch again each repetition;
+2. closed loop (dcgan; diffusion at `DIFFUSION_STEPS` steps) at each concurrency: Atelier, batching
+   off, naive;
+3. mixed diffusion (steps 10/25/50, Poisson arrivals from one seed per repetition): step-level vs
+   request-level batching;
+4. tuning (full scale only): ORT threads, max_batch and gather_ms, one factor at a time, dcgan at 32.
+
+    .venv/bin/python -m bench quick       # or: full, steps
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from bench import ceiling, load, utilisation
+from bench.naive_server import NaiveServer
+from tests.serving import AtelierServer, free_port
+
+log = logging.getLogger(__name__)
+
+DIFFUSION_STEPS = 10  # closed-loop diffusion: few steps, so a point costs seconds, not minutes
+MIXED_STEPS = (10, 25, 50)
+GUIDANCE = 3.0  # the service's default: two denoiser rows per image
+OFFERED_FRACTION = 0.8  # mixed load offered at this fraction of the in-process ceiling (see offered_rate)
+BATCHED_FUNCTIONS = ("dcgan.generate", "diffusion.denoise", "vae.decode")
+
+# Server variants: name -> environment overrides (None = the naive torch server).
+VARIANTS: dict[str, dict[str, str] | None] = {
+    "atelier": {},
+    "unbatched": {"ATELIER_MAX_BATCH": "1"},
+    "naive": None,
+    "request-level": {"ATELIER_DIFFUSION_BATCHING": "request"},
+}
+# One factor at a time around the defaults (threads 0 = every core, max_batch 64, gather 0 ms).
+TUNING: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "threads-1": {"ATELIER_INTRA_OP_THREADS": "1"},
+    "max-batch-16": {"ATELIER_MAX_BATCH": "16"},
+    "max-batch-32": {"ATELIER_MAX_BATCH": "32"},
+    "gather-2ms": {"ATELIER_GATHER_MS": "2"},
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    repetitions: int
+    concurrencies: tuple[int, ...]
+    gan_window_s: float
+    gan_warmup_s: float
+    diffusion_window_s: float
+    diffusion_warmup_s: float
+    ceiling_batches: tuple[int, ...]
+    ceiling_seconds: float
+    mixed_requests: int
+    tuning: bool
+
+
+QUICK = Scale("quick", 3, (32,), 3.0, 1.0, 5.0, 2.0, (1, 8, 32, 64), 0.4, 20, False)
+FULL = Scale("full", 3, (1, 8, 32, 64), 6.0, 1.5, 10.0, 3.0, (1, 2, 4, 8, 16, 32, 64), 1.0, 48, True)
+STEPS = Scale("steps", 3, (), 0, 0, 0, 0, (8, 16, 32), 0.4, 20, False)
+SCALES = {scale.name: scale for scale in (QUICK, FULL, STEPS)}
+
+
+@dataclass
+class Target:
+    """A running server under test."""
+
+    name: str
+    url: str
+    atelier: AtelierServer | None  # None for the naive server (no /metrics)
+
+    def batch_histograms(self) -> dict[str, dict[str, float]]:
+        return batch_histograms(self.atelier.metrics()) if self.atelier else {}
+
+
+def batch_histograms(metrics_text: str) -> dict[str, dict[str, float]]:
+    """`atelier_batch_rows` per batched function: {function: {le: cumulative count, "sum": rows,
+    "count": runs}}, from a Prometheus text page."""
+    pattern = re.compile(r'^atelier_batch_rows_(bucket|sum|count)\{function="([^"]+)"(?:,le="([^"]+)")?\} (\S+)$')
+    found: dict[str, dict[str, float]] = {}
+    for line in metrics_text.splitlines():
+        match = pattern.match(line)
+        if match and match[2] in BATCHED_FUNCTIONS:
+            key = match[3] if match[1] == "bucket" else match[1]
+            found.setdefault(match[2], {})[key] = found.get(match[2], {}).get(key, 0.0) + float(match[4])
+    return found
+
+
+def histogram_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    return {function: {key: value - before.get(function, {}).get(key, 0.0) for key, value in series.items()}
+            for function, series in after.items()}
+
+
+@contextlib.contextmanager
+def running(variants: dict[str, dict[str, str] | None]) -> Iterator[dict[str, Target]]:
+    """Start every variant (one after another: start-up is CPU-bound), warm it, stop them all on exit.
+
+    Each Atelier gets its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/
+    prometheus_multiproc_dir at start, so servers sharing one home wipe and mix each other's
+    /metrics (seen here: batch histograms of one server read from another).
+    """
+    with contextlib.ExitStack() as stack:
+        targets = {}
+        for name, env in variants.items():
+            started = time.perf_counter()
+            if env is None:
+                server = stack.enter_context(NaiveServer(free_port()))
+                targets[name] = Target(name, server.url, None)
+            else:
+                home = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-"))
+                server = stack.enter_context(AtelierServer(env={**env, "BENTOML_HOME": home}))
+                targets[name] = Target(name, server.url, server)
+            warm(targets[name])
+            log.info("server %-14s up and warm in %4.1f s at %s %s", name, time.perf_counter() - started,
+                     server.url, env or "")
+        yield targets
+
+
+def warm(target: Target) -> None:
+    """A short burst at many batch sizes: onnxruntime's first run of each new shape is slow, and
+    whichever server ran first would otherwise pay it inside a measurement."""
+    url = target.url + "/v1/generate"
+    asyncio.run(load.closed_loop(url, gan_body, 64, duration_s=1.0, warmup_s=0.0))
+    asyncio.run(load.closed_loop(url, diffusion_body, 32, duration_s=1.5, warmup_s=0.0))
+
+
+def gan_body(i: int) -> dict:
+    return {"model": "dcgan", "class": i % 9, "seed": i}
+
+
+def diffusion_body(i: int) -> dict:
+    return {"model": "diffusion", "class": i % 9, "seed": i, "steps": DIFFUSION_STEPS, "guidance": GUIDANCE}
+
+
+def mixed_bodies(count: int, seed: int) -> list[dict]:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return [{"model": "diffusion", "class": int(rng.integers(9)), "seed": i, "guidance": GUIDANCE,
+             "steps": int(rng.choice(MIXED_STEPS))} for i in range(count)]
+
+
+def rotated(names: list[str], repetition: int) -> list[str]:
+    shift = repetition % len(names)
+    return names[shift:] + names[:shift]
+
+
+def measure(target: Target, run: Callable[[], load.LoadResult]) -> dict:
+    """One load run against one server, with the batch sizes it caused and the client's CPU use."""
+    before, cpu, wall = target.batch_histograms(), time.process_time(), time.perf_counter()
+    result = run()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {**result.summary(), "client_cpu_share": cpu / wall,
+            "batch_rows": histogram_delta(before, target.batch_histograms())}
+
+
+def closed_point(target: Target, model: str, concurrency: int, scale: Scale) -> dict:
+    window, warmup = ((scale.gan_window_s, scale.gan_warmup_s) if model == "dcgan"
+                      else (scale.diffusion_window_s, scale.diffusion_warmup_s))
+    body = gan_body if model == "dcgan" else diffusion_body
+    point = measure(target, lambda: asyncio.run(
+        load.closed_loop(target.url + "/v1/generate", body, concurrency, window, warmup)))
+    log.info("%-9s c=%-3d %-10s %7.1f img/s  p50 %6.3f s  p95 %6.3f s  errors %d", model, concurrency,
+             target.name, point["images_per_s"], point["p50_s"], point["p95_s"], point["errors"])
+    return point
+
+
+def ceiling_point(sessions, best: dict[str, int], scale: Scale) -> dict[str, float]:
+    """The in-process ceiling at each model's best batch, re-measured inside the repetition."""
+    return {"dcgan": ceiling.gan_images_per_s(sessions, best["dcgan"], scale.ceiling_seconds),
+            "diffusion": ceiling.diffusion_images_per_s(sessions, best["diffusion"], DIFFUSION_STEPS,
+                                                        scale.ceiling_seconds)}
+
+
+def closed_comparisons(targets: dict[str, Target], sessions, best: dict[str, int], scale: Scale) -> list[dict]:
+    """Every (model, concurrency) point for Atelier, batching off and naive, each repetition."""
+    rows = []
+    names = ["atelier", "unbatched", "naive"]
+    for repetition in range(scale.repetitions):
+        roof = ceiling_point(sessions, best, scale)
+        log.info("repetition %d: ceiling dcgan %.1f img/s (batch %d), diffusion %.1f img/s (batch %d)",
+                 repetition, roof["dcgan"], best["dcgan"], roof["diffusion"], best["diffusion"])
+        for model in ("dcgan", "diffusion"):
+            for concurrency in scale.concurrencies:
+                for name in rotated(names, repetition):
+                    point = closed_point(targets[name], model, concurrency, scale)
+                    rows.append({"repetition": repetition, "model": model, "concurrency": concurrency,
+                                 "variant": name, "ceiling_images_per_s": roof[model], **point})
+    return rows
+
+
+def offered_rate(sessions, seconds: float, batches: tuple[int, ...]) -> tuple[float, float]:
+    """(offered images/s, in-process ceiling images/s) for the mixed workload's mean step count."""
+    mean_steps = float(np.mean(MIXED_STEPS))
+    roof = max(ceiling.diffusion_images_per_s(sessions, b, mean_steps, seconds) for b in batches if 2 * b <= 64)
+    return OFFERED_FRACTION * roof, roof
+
+
+def mixed_comparison(targets: dict[str, Target], rate: float, scale: Scale) -> list[dict]:
+    """Step-level vs request-level on one Poisson arrival sequence per repetition."""
+    rows = []
+    for repetition in range(scale.repetitions):
+        seed = 1000 + repetition
+        arrivals = load.poisson_arrivals(rate, scale.mixed_requests, seed)
+        bodies = mixed_bodies(scale.mixed_requests, seed)
+        for name in rotated(["atelier", "request-level"], repetition):
+            target = targets[name]
+            point = measure(target, lambda: asyncio.run(load.open_loop(target.url + "/v1/generate", bodies, arrivals)))
+            mode = "step" if name == "atelier" else "request"
+            log.info("mixed     rate %.2f/s %-8s %6.2f img/s  p50 %6.2f s  p95 %6.2f s  p99 %6.2f s  errors %d",
+                     rate, mode, point["images_per_s"], point["p50_s"], point["p95_s"], point["p99_s"],
+                     point["errors"])
+            rows.append({"repetition": repetition, "mode": mode, "offered_per_s": rate, "seed": seed, **point})
+    return rows
+
+
+def tuning_sweep(scale: Scale) -> list[dict]:
+    """dcgan at concurrency 32 on one server per configuration, all measured in each repetition."""
+    rows = []
+    with running(dict(TUNING)) as targets:
+        for repetition in range(scale.repetitions):
+            for name in rotated(list(TUNING), repetition):
+                point = closed_point(targets[name], "dcgan", 32, scale)
+                rows.append({"repetition": repetition, "config": name, "env": TUNING[name], **point})
+    return rows
+
+
+def utilisation_inputs(sessions, seconds: float) -> dict:
+    """FLOPs per row of each graph, rows/s at batch 32 in process, and the GEMM peak."""
+    return {"flops_per_row": utilisation.graph_flops(), "rows_per_s_at_32": ceiling.function_rows_per_s(
+        sessions, 32, seconds), "gemm_peak_gflops": utilisation.gemm_peak_gflops()}
+
+
+def ceiling_sweep(sessions, scale: Scale) -> tuple[dict, dict[str, int]]:
+    sweep = ceiling.sweep(sessions, list(scale.ceiling_batches), DIFFUSION_STEPS, scale.ceiling_seconds)
+    best = {model: max(points, key=points.get) for model, points in sweep.items()}
+    for model, points in sweep.items():
+        log.info("ceiling %-9s %s (best batch %d)", model,
+                 "  ".join(f"{b}: {v:.1f}" for b, v in points.items()), best[model])
+    return sweep, best
+
+
+def run(scale: Scale) -> dict:
+    """The whole suite at one scale; returns the raw results (JSON-ready)."""
+    started, load_before = time.perf_counter(), os.getloadavg()
+    sessions = ceiling.open_sessions()
+    sweep, best = ceiling_sweep(sessions, scale)
+    results: dict = {"scale": asdict(scale), "ceiling": {"sweep": sweep, "best_batch": best}}
+    results["utilisation"] = utilisation_inputs(sessions, scale.ceiling_seconds)
+    rate, mixed_roof = offered_rate(sessions, scale.ceiling_seconds, scale.ceiling_batches)
+    results["mixed_ceiling_images_per_s"] = mixed_roof
+    with running(VARIANTS) as targets:
+        results["closed"] = closed_comparisons(targets, sessions, best, scale)
+        results["mixed"] = mixed_comparison(targets, rate, scale)
+    results["tuning"] = tuning_sweep(scale) if scale.tuning else []
+    results["utilisation"]["gemm_peak_gflops"] = max(results["utilisation"]["gemm_peak_gflops"],
+                                                     utilisation.gemm_peak_gflops())
+    results["wall_s"] = time.perf_counter() - started
+    results["loadavg"] = {"start": load_before, "end": os.getloadavg()}
+    return results
+
+
+def run_steps(scale: Scale = STEPS) -> dict:
+    """Only step-level vs request-level (issue 13's short command)."""
+    started, load_before = time.perf_counter(), os.getloadavg()
+    rate, roof = offered_rate(ceiling.open_sessions(), scale.ceiling_seconds, scale.ceiling_batches)
+    with running({"atelier": VARIANTS["atelier"], "request-level": VARIANTS["request-level"]}) as targets:
+        mixed = mixed_comparison(targets, rate, scale)
+    return {"scale": asdict(scale), "mixed_ceiling_images_per_s": roof, "mixed": mixed,
+            "wall_s": time.perf_counter() - started, "loadavg": {"start": load_before, "end": os.getloadavg()}}
