@@ -5,6 +5,7 @@
     python -m export onnx all                               # checkpoints -> models/<name>/
     python -m export verify                                 # sha256 of every committed file
     python -m export evaluate                               # FID_own, class accuracy, sample grids
+    python -m export evaluate --doc-only                    # docs/MODELS.md from docs/evaluation.json
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("verify", help="check models/ against the manifests")
     evaluate = commands.add_parser("evaluate", help="score the generators, write docs figures")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--doc-only", action="store_true",
+                          help="rewrite docs/MODELS.md from docs/evaluation.json without scoring")
     return parser.parse_args(argv)
 
 
@@ -69,7 +72,10 @@ def main(argv: list[str]) -> int:
         return 0
     from export import report
 
-    report.evaluate_all(args.device)
+    if args.doc_only:
+        report.rewrite_models_doc()
+    else:
+        report.evaluate_all(args.device)
     return 0
 
 

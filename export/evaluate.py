@@ -110,7 +110,8 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
 def load_classifier(device) -> Classifier:
     state = training.load_checkpoint("classifier", device)
     if state is None:
-        raise FileNotFoundError("no classifier checkpoint: run `python -m export train classifier` first")
+        raise FileNotFoundError("no classifier checkpoint: run "
+                                "`python -m export train classifier --minutes 12 --seed 0` first")
     model = Classifier().to(device)
     model.load_state_dict(state["model"])
     return model.eval()
