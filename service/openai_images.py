@@ -66,7 +66,8 @@ class ImageVariationForm(ImageEditForm):
     prompt: None = None  # OpenAI's variations take no prompt
 
 
-@router.post("/generations")
+@router.post("/generations", openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": ImageGenerationBody.model_json_schema()}}}})
 async def generate_images(request: Request) -> JSONResponse:
     async def plain_request() -> pipelines.GenerateRequest:
         return to_plain(parse(ImageGenerationBody, await request.body()))
