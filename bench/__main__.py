@@ -6,6 +6,8 @@
   bench/results/quick/ so a quick run never replaces the committed report.
 - steps (`make bench-steps`, <= 2 min): step-level vs request-level diffusion batching only; logs
   img/s and p95 of both modes and their ratio.
+- smoke (tests/test_bench.py, ~1 min): the quick suite cut to one short repetition, to prove the
+  harness works end to end; writes under bench/results/smoke/ (or --docs). Its numbers mean nothing.
 Raw results (every repetition, with batch histograms) go to bench/results/<scale>-<UTC time>.json.
 
     .venv/bin/python -m bench quick --docs /tmp/bench-docs
@@ -82,7 +84,7 @@ def report_steps(raw: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("scale", choices=("quick", "full", "steps"))
+    parser.add_argument("scale", choices=("quick", "full", "steps", "smoke"))
     parser.add_argument("--docs", type=Path, help="where PERFORMANCE.md and perf/ go "
                         "(default: docs/ for full, bench/results/quick/ for quick)")
     args = parser.parse_args(argv)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale == "steps":
         report_steps(raw)
         return 0
-    docs = args.docs or (ROOT / "docs" if args.scale == "full" else RESULTS / "quick")
+    docs = args.docs or (ROOT / "docs" if args.scale == "full" else RESULTS / args.scale)
     result = json.loads(json.dumps(summary.summarise(raw)))  # string keys, as a reader of the JSON sees them
     page = report.write(result, docs)
     for target in result["targets"]:

@@ -77,7 +77,9 @@ class Scale:
 QUICK = Scale("quick", 3, (32,), 3.0, 1.0, 5.0, 2.0, (1, 8, 32, 64), 0.4, 20, False)
 FULL = Scale("full", 3, (1, 8, 32, 64), 6.0, 1.5, 10.0, 3.0, (1, 2, 4, 8, 16, 32, 64), 1.0, 48, True)
 STEPS = Scale("steps", 3, (), 0, 0, 0, 0, (8, 16, 32), 0.4, 20, False)
-SCALES = {scale.name: scale for scale in (QUICK, FULL, STEPS)}
+# tests/test_bench.py: the whole harness end to end in about a minute; its numbers mean nothing
+SMOKE = Scale("smoke", 1, (32,), 1.0, 0.3, 4.0, 1.0, (1, 8), 0.1, 6, False)
+SCALES = {scale.name: scale for scale in (QUICK, FULL, STEPS, SMOKE)}
 
 
 @dataclass
