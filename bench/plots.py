@@ -21,16 +21,6 @@ COLOURS = {"atelier": "#1f77b4", "unbatched": "#ff7f0e", "naive": "#d62728", "ce
            "step": "#1f77b4", "request": "#9467bd"}
 
 
-def spread_text(stat: dict | None, digits: int = 1, suffix: str = "") -> str:
-    if not stat:
-        return "–"
-    return (f"{stat['median']:.{digits}f}{suffix} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})")
-
-
-def ratio_text(stat: dict | None) -> str:
-    return spread_text(stat, 2, "×")
-
-
 def _sorted_concurrencies(points: dict) -> list:
     return sorted(points, key=int)
 
