@@ -11,12 +11,14 @@ an OpenAPI schema at /openapi.json). Request models (pydantic) live here and now
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hmac
 import io
 import json
 import logging
+import signal
 import time
 import uuid
 from typing import Annotated, Literal
@@ -30,21 +32,28 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict, Field
 
-from service import metrics, oip_grpc, oip_http, openai_images, pipelines
+from service import logs, metrics, oip_grpc, oip_http, openai_images, pipelines, uploads
 from service.config import load_config
 from service.engine import Engine
-from service.errors import AtelierError, InvalidInput, NotReady, Overloaded, Unauthenticated, http_status
-from service.registry import Registry
+from service.errors import (AtelierError, InvalidInput, NotReady, Overloaded, RequestTimeout, Unauthenticated,
+                            http_status)
+from service.registry import Registry, verified_manifests
 
 log = logging.getLogger("atelier")
+access_log = logging.getLogger("atelier.access")
 
 OPEN_PATHS = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 RETRY_AFTER_SECONDS = "1"
 
-app = FastAPI(title="Atelier", version="1.0.0",
+# An OpenAI edit uploads an image and a mask of up to uploads.MAX_UPLOAD_BYTES each, plus a few fields.
+OPENAI_MAX_BODY_BYTES = 2 * uploads.MAX_UPLOAD_BYTES + (1 << 16)
+
+# max_body_size: FastAPI answers 413 past it, from Content-Length before reading the body, else as soon
+# as the streamed bytes pass it; the JSON API's bodies are as small as OIP's
+app = FastAPI(title="Atelier", version="1.0.0", max_body_size=oip_http.MAX_BODY_BYTES,
               description="Generative-art model server: GAN, VAE + GMM prior and latent diffusion on onnxruntime.")
 app.include_router(oip_http.router)
-app.include_router(openai_images.router)
+app.include_router(openai_images.router, max_body_size=OPENAI_MAX_BODY_BYTES)
 
 
 class GenerateBody(BaseModel):
@@ -111,7 +120,15 @@ async def client_gone(request: Request) -> None:
                  endpoints={"livez": "/livez", "readyz": "/readyz"})
 @bentoml.asgi_app(app, path="/")
 class Atelier:
+    @bentoml.on_deployment
+    def verify_models() -> None:
+        """Once, in the `bentoml serve` process before any worker starts: a tampered, missing or unlisted
+        model file, or an unreadable manifest, stops the server with a non-zero exit and the file's name.
+        The same error in a worker's __init__ would only be respawned by circus, forever, serving nothing."""
+        verified_manifests(load_config().models_dir)
+
     def __init__(self) -> None:
+        logs.configure()
         self.config = load_config()
         app.state.api_key = self.config.api_key
         app.state.atelier = self  # how the OIP and OpenAI routers (other modules) reach the service
@@ -121,6 +138,8 @@ class Atelier:
         self.engine = Engine(self.registry, self.config)
         self.ready = False
         self.inflight = 0
+        self.inflight_tasks: set[asyncio.Task] = set()
+        self.draining = self.drain_expired = False
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
@@ -128,6 +147,7 @@ class Atelier:
         self.grpc_server = await oip_grpc.start(self, app.version)
         if self.config.warmup:
             await self.engine.warm_up()
+        self.drain_on_sigterm()
         self.ready = True
         log.info("Atelier ready: %s", json.dumps(self.registry.describe()))
 
@@ -140,6 +160,37 @@ class Atelier:
     def __is_ready__(self) -> bool:
         return self.ready
 
+    def drain_on_sigterm(self) -> None:
+        """Put a drain in front of uvicorn's SIGTERM handler (installed before start-up hooks run). Left to
+        uvicorn, SIGTERM closes this worker's listener at once while `bentoml serve` (circus) still holds the
+        socket: new connections, /readyz probes included, hang in its backlog until the process exits."""
+        loop = asyncio.get_running_loop()
+        uvicorn_exit = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame) -> None:
+            loop.call_soon_threadsafe(self.start_draining, lambda: uvicorn_exit(signum, None))
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def start_draining(self, exit_server) -> None:
+        if not self.draining:  # `bentoml serve` forwards SIGTERM, and a process-group kill sends another
+            self.draining, self.ready = True, False
+            self.drain_task = asyncio.get_running_loop().create_task(self.drain(exit_server))
+
+    async def drain(self, exit_server) -> None:
+        """Not ready, new requests 503 + Retry-After (the socket still answers), in-flight ones get up to
+        drain_seconds; then the stragglers end as 503s and uvicorn's own graceful shutdown runs."""
+        started = time.monotonic()
+        log.info("SIGTERM: draining", extra={"inflight": self.inflight, "drain_seconds": self.config.drain_seconds})
+        while self.inflight and time.monotonic() - started < self.config.drain_seconds:
+            await asyncio.sleep(0.05)
+        self.drain_expired = bool(self.inflight_tasks)
+        for task in self.inflight_tasks:
+            task.cancel()
+        log.info("drained", extra={"seconds": round(time.monotonic() - started, 3),
+                                   "cancelled": len(self.inflight_tasks)})
+        exit_server()
+
     @contextlib.asynccontextmanager
     async def admitted(self, route: str, model: str, protocol: str):
         """Admission control and the request metrics every route shares."""
@@ -150,13 +201,20 @@ class Atelier:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.config.max_inflight}); retry later")
         self.inflight += 1
         metrics.INFLIGHT.inc()
+        task = asyncio.current_task()
+        self.inflight_tasks.add(task)
         started, status = time.perf_counter(), "200"
         try:
             yield
         except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) and self.drain_expired:
+                status = "503"
+                raise NotReady(f"the server shut down before this request finished "
+                               f"(drain limit {self.config.drain_seconds:g} s); retry") from None
             status = str(http_status(error))
             raise
         finally:
+            self.inflight_tasks.discard(task)
             self.inflight -= 1
             metrics.INFLIGHT.dec()
             metrics.REQUESTS.labels(route, model, status, protocol).inc()
@@ -165,7 +223,12 @@ class Atelier:
     async def run(self, request: pipelines.GenerateRequest, http: Request | None = None) -> pipelines.Generated:
         """The one code path of every transport: admission, pipeline, cancellation on disconnect."""
         work = pipelines.generate(self.engine, request)
-        generated = await (pipelines.run_cancellable(work, client_gone(http)) if http is not None else work)
+        try:
+            async with asyncio.timeout(self.config.request_timeout_seconds):
+                generated = await (pipelines.run_cancellable(work, client_gone(http)) if http is not None else work)
+        except TimeoutError:
+            raise RequestTimeout(f"the request took longer than {self.config.request_timeout_seconds:g} s; "
+                                 "its remaining steps were cancelled") from None
         metrics.IMAGES.labels(request.model).inc(len(generated.images))
         return generated
 
@@ -243,17 +306,22 @@ async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
 
 @app.middleware("http")
 async def request_id_and_api_key(request: Request, call_next):
-    """Every response carries an x-request-id; with ATELIER_API_KEY set, every route but health
-    and metrics needs `Authorization: Bearer <key>` (compared in constant time)."""
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    """Every response carries an x-request-id (the client's, if short and printable) and leaves one JSON
+    access line with it; with ATELIER_API_KEY set, every route but health and metrics needs
+    `Authorization: Bearer <key>` (compared in constant time)."""
+    offered_id = request.headers.get("x-request-id", "")
+    request_id = offered_id if 0 < len(offered_id) <= 128 and offered_id.isprintable() else uuid.uuid4().hex
+    logs.REQUEST_ID.set(request_id)  # copied into the route's task by call_next: its error logs carry it
+    started = time.perf_counter()
     key = request.app.state.api_key if hasattr(request.app.state, "api_key") else None
-    if key and request.url.path not in OPEN_PATHS:
-        offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(offered.encode(), key.encode()):
-            response = await atelier_error(request, Unauthenticated("missing or wrong API key"))
-            response.headers["x-request-id"] = request_id
-            return response
-    response = await call_next(request)
+    offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if key and request.url.path not in OPEN_PATHS and not hmac.compare_digest(offered.encode(), key.encode()):
+        response = await atelier_error(request, Unauthenticated("missing or wrong API key"))
+    else:
+        response = await call_next(request)
     response.headers["x-request-id"] = request_id
+    access_log.info("%s %s %d", request.method, request.url.path, response.status_code,
+                    extra={"method": request.method, "path": request.url.path, "status": response.status_code,
+                           "ms": round((time.perf_counter() - started) * 1000, 1)})
     return response
 

@@ -49,6 +49,12 @@ class Config:
     intra_op_threads: int = 0
     # "auto" = fp16 graphs only when CUDA is the provider: on CPU fp16 is slower, not faster.
     use_fp16: Literal["auto", "on", "off"] = "auto"
+    # Kubernetes' default terminationGracePeriodSeconds is 30 s: after SIGTERM, in-flight requests get
+    # 25 s to finish (new ones get 503) and the shutdown hooks get the rest, before the kubelet's SIGKILL.
+    drain_seconds: float = 25.0
+    # A request still running after this long gets a 504 instead of holding its client and its slot:
+    # 60 s is ~10x a 250-step diffusion request at the admission limit on 2 CPU cores.
+    request_timeout_seconds: float = 60.0
     # A first run per function at start-up pays ORT's lazy allocations before /readyz says ready.
     warmup: bool = True
     # BentoML's variable, not ours: `bentoml serve` sets it for each worker (prometheus multiprocess
@@ -95,14 +101,18 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], i
     return parse
 
 
-def _milliseconds(variable: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{variable} must be a number of milliseconds >= 0, got {raw!r}")
-    return value
+def _number(unit: str, minimum: float, inclusive: bool = True) -> Callable[[str, str], float]:
+    def parse(variable: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+            raise ConfigError(f"{variable} must be a number of {unit} {'>=' if inclusive else '>'} {minimum:g}, "
+                              f"got {raw!r}")
+        return value
+
+    return parse
 
 
 def _choice(*choices: str) -> Callable[[str, str], str]:
@@ -133,12 +143,14 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ATELIER_MODELS_DIR": ("models_dir", _path),
     "ATELIER_PROVIDERS": ("providers", _providers),
     "ATELIER_MAX_BATCH": ("max_batch", _integer(1)),
-    "ATELIER_GATHER_MS": ("gather_ms", _milliseconds),
+    "ATELIER_GATHER_MS": ("gather_ms", _number("milliseconds", 0)),
     "ATELIER_DIFFUSION_BATCHING": ("diffusion_batching", _choice("step", "request")),
     "ATELIER_GRPC_PORT": ("grpc_port", _integer(1, 65535)),
     "ATELIER_MAX_INFLIGHT": ("max_inflight", _integer(1)),
     "ATELIER_API_KEY": ("api_key", _text),
     "ATELIER_INTRA_OP_THREADS": ("intra_op_threads", _integer(0)),
+    "ATELIER_DRAIN_SECONDS": ("drain_seconds", _number("seconds", 0)),
+    "ATELIER_REQUEST_TIMEOUT_SECONDS": ("request_timeout_seconds", _number("seconds", 0, inclusive=False)),
     "ATELIER_FP16": ("use_fp16", _choice("auto", "on", "off")),
     "ATELIER_WARMUP": ("warmup", _boolean),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _path),

@@ -31,6 +31,10 @@ class Overloaded(AtelierError):
     """Too many requests in flight; retry after a short wait."""
 
 
+class RequestTimeout(AtelierError):
+    """The request ran longer than ATELIER_REQUEST_TIMEOUT_SECONDS; its remaining work was cancelled."""
+
+
 class NotReady(AtelierError):
     """Models are still loading, or the server is draining."""
 
@@ -53,6 +57,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode], ...] = (
     (ModelNotFound, 404, grpc.StatusCode.NOT_FOUND),
     (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (RequestTimeout, 504, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotReady, 503, grpc.StatusCode.UNAVAILABLE),
     (ClientDisconnected, 499, grpc.StatusCode.CANCELLED),  # nginx's "client closed request"
 )

@@ -27,6 +27,7 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 ROUTE = "/v2/models/{model}/infer"  # the metrics label: templated, so model names cannot explode it
 # 16 rows of 500-character prompts fit in ~10 kB; anything near 1 MiB is not a generation request.
+# The app (api.py) answers 413 past it, from Content-Length before reading the body.
 MAX_BODY_BYTES = 1 << 20
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -112,13 +113,7 @@ async def read_body(request: Request) -> bytes:
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise InvalidInput(f"Content-Encoding {encoding!r} is not supported; send the request uncompressed")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise InvalidInput(f"request body exceeds {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await request.body()  # bounded by the app's max_body_size (api.py): 413 past MAX_BODY_BYTES
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[InferBody, bytes]:

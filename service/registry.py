@@ -60,10 +60,7 @@ class Registry:
 
     @classmethod
     def load(cls, config: Config) -> Registry:
-        manifests = {name: verified_manifest(config.models_dir / name) for name in discover(config.models_dir)}
-        missing = [name for name in REQUIRED_MODELS if name not in manifests]
-        if missing:
-            raise RegistryError(f"{config.models_dir}: required models missing: {', '.join(missing)}")
+        manifests = verified_manifests(config.models_dir)
         models = {name: open_model(config, config.models_dir / name, manifest)
                   for name, manifest in manifests.items()}
         return cls(models)
@@ -71,6 +68,15 @@ class Registry:
     def describe(self) -> dict:
         return {name: {"version": m.version, "providers": m.providers(), "precision": m.precision,
                        "functions": sorted(m.sessions)} for name, m in self.models.items()}
+
+
+def verified_manifests(models_dir: Path) -> dict[str, dict]:
+    """Every model's manifest, after all its files matched; RegistryError naming the first bad file."""
+    manifests = {name: verified_manifest(models_dir / name) for name in discover(models_dir)}
+    missing = [name for name in REQUIRED_MODELS if name not in manifests]
+    if missing:
+        raise RegistryError(f"{models_dir}: required models missing: {', '.join(missing)}")
+    return manifests
 
 
 def discover(models_dir: Path) -> list[str]:

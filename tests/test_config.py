@@ -45,6 +45,8 @@ def test_reads_every_variable():
             "ATELIER_INTRA_OP_THREADS": "2",
             "ATELIER_FP16": "off",
             "ATELIER_WARMUP": "false",
+            "ATELIER_DRAIN_SECONDS": "5",
+            "ATELIER_REQUEST_TIMEOUT_SECONDS": "0.5",
             "PROMETHEUS_MULTIPROC_DIR": "/tmp/prom",
         }
     )
@@ -60,6 +62,8 @@ def test_reads_every_variable():
         intra_op_threads=2,
         use_fp16="off",
         warmup=False,
+        drain_seconds=5.0,
+        request_timeout_seconds=0.5,
         prometheus_multiproc_dir=Path("/tmp/prom"),
     )
 
@@ -87,6 +91,8 @@ def test_providers_keep_the_operators_order_and_ignore_case_and_spaces():
         ("ATELIER_INTRA_OP_THREADS", "-2"),
         ("ATELIER_FP16", "maybe"),
         ("ATELIER_WARMUP", "sometimes"),
+        ("ATELIER_DRAIN_SECONDS", "-1"),
+        ("ATELIER_REQUEST_TIMEOUT_SECONDS", "0"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_variable(variable, value):
