@@ -11,5 +11,6 @@ def server():
     """One real Atelier server for the whole session (start-up costs ~10 s on 2 cores)."""
     from tests.serving import AtelierServer
 
-    with AtelierServer() as running:
+    # batching tests send dozens of requests at once: far past the default in-flight limit (2 on 2 cores)
+    with AtelierServer(env={"ATELIER_MAX_INFLIGHT": "256"}) as running:
         yield running
