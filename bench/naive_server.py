@@ -1,7 +1,7 @@
 """The naive baseline: the server a user would write first, to measure Atelier against.
 
 A small FastAPI app under uvicorn running the same trained weights in PyTorch eager (rebuilt from
-the committed ONNX graphs by `bench.torch_from_onnx`, checked against onnxruntime at start-up),
+the committed ONNX graphs by `export.from_onnx`, checked against onnxruntime at start-up),
 one request at a time (a lock around the model), no batching across requests. It speaks the
 subset of Atelier's `POST /v1/generate` the benchmark sends (dcgan or diffusion, class, n, seed,
 steps, guidance) and answers the same JSON with base64 PNGs, so the same load drives both.
