@@ -249,19 +249,6 @@ class Atelier:
         return {"Software": "Atelier", "data_source": training.get("data", {}).get("source", training.get("source", "")),
                 "license": training.get("license", "")}
 
-    @app.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(self, body: GenerateBody, request: Request) -> GenerateResponse:
-        """Generate n images from a model, by class, prompt (theme) or neither, with a seed."""
-        async with self.admitted("/v1/generate", body.model, "json"):
-            seed = body.seed if body.seed is not None else int(np.random.default_rng().integers(2**31))
-            plain = pipelines.GenerateRequest(
-                model=body.model, n=body.n, seed=seed, prompt=body.prompt, steps=body.steps, guidance=body.guidance,
-                sampler=body.sampler, eta=body.eta,
-                class_id=resolve_class(body.class_, self.engine.manifest("dcgan")["classes"]))
-            generated = await self.run(plain, request)
-        return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
-                                images=self.encode_images(generated, body.output))
-
     def encode_images(self, generated: pipelines.Generated, output: str) -> list[GeneratedImage]:
         provenance = self.provenance(generated.model)
         out = []
@@ -272,30 +259,56 @@ class Atelier:
                                       **({"png_base64": encoded} if output == "png" else {"raw_base64": encoded})))
         return out
 
-    @app.get("/v1/image.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def image_png(self, request: Request, model: str = "diffusion",
-                        class_: Annotated[str | None, Query(alias="class")] = None,
-                        prompt: Annotated[str | None, Query(min_length=1, max_length=pipelines.MAX_PROMPT_CHARS)] = None,
-                        seed: Annotated[int, Query(ge=0, lt=pipelines.SEED_LIMIT)] = 0,
-                        steps: Annotated[int, Query(ge=1, le=pipelines.MAX_STEPS)] = 30,
-                        guidance: Annotated[float, Query(ge=0.0, le=20.0)] = 3.0,
-                        sampler: Literal["dpmpp_2m", "euler", "ddim", "ddpm"] = "dpmpp_2m") -> Response:
-        """One image as a PNG file (for curl and <img> tags)."""
-        async with self.admitted("/v1/image.png", model, "json"):
-            plain = pipelines.GenerateRequest(
-                model=model, seed=seed, prompt=prompt, steps=steps, guidance=guidance, sampler=sampler,
-                class_id=resolve_class(class_, self.engine.manifest("dcgan")["classes"]))
-            generated = await self.run(plain, request)
-        return Response(png_bytes(generated.images[0], generated, seed, self.provenance(model)), media_type="image/png")
 
-    @app.get("/v1/models")
-    async def models(self) -> dict:
-        """Manifests, the execution provider each model runs on, batching settings and live stats."""
-        described = self.registry.describe()
-        return {"models": [{**m.manifest, **described[name]} for name, m in self.registry.models.items()],
-                "batching": {"max_batch": self.config.max_batch, "gather_ms": self.config.gather_ms,
-                             "diffusion": self.config.diffusion_batching},
-                "engine": self.engine.stats()}
+# The JSON routes are module functions that reach the service through `app.state.atelier` (as the OIP and
+# OpenAI routers do), not methods: BentoML injects a method's `self` through a synchronous FastAPI
+# dependency, which costs every request a hop through the thread pool (seen in a profile under load).
+def service_of(request: Request) -> Atelier:
+    return request.app.state.atelier
+
+
+@app.post("/v1/generate", response_model=GenerateResponse)
+async def generate(body: GenerateBody, request: Request) -> GenerateResponse:
+    """Generate n images from a model, by class, prompt (theme) or neither, with a seed."""
+    atelier = service_of(request)
+    async with atelier.admitted("/v1/generate", body.model, "json"):
+        seed = body.seed if body.seed is not None else int(np.random.default_rng().integers(2**31))
+        plain = pipelines.GenerateRequest(
+            model=body.model, n=body.n, seed=seed, prompt=body.prompt, steps=body.steps, guidance=body.guidance,
+            sampler=body.sampler, eta=body.eta,
+            class_id=resolve_class(body.class_, atelier.engine.manifest("dcgan")["classes"]))
+        generated = await atelier.run(plain, request)
+    return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
+                            images=atelier.encode_images(generated, body.output))
+
+
+@app.get("/v1/image.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+async def image_png(request: Request, model: str = "diffusion",
+                    class_: Annotated[str | None, Query(alias="class")] = None,
+                    prompt: Annotated[str | None, Query(min_length=1, max_length=pipelines.MAX_PROMPT_CHARS)] = None,
+                    seed: Annotated[int, Query(ge=0, lt=pipelines.SEED_LIMIT)] = 0,
+                    steps: Annotated[int, Query(ge=1, le=pipelines.MAX_STEPS)] = 30,
+                    guidance: Annotated[float, Query(ge=0.0, le=20.0)] = 3.0,
+                    sampler: Literal["dpmpp_2m", "euler", "ddim", "ddpm"] = "dpmpp_2m") -> Response:
+    """One image as a PNG file (for curl and <img> tags)."""
+    atelier = service_of(request)
+    async with atelier.admitted("/v1/image.png", model, "json"):
+        plain = pipelines.GenerateRequest(
+            model=model, seed=seed, prompt=prompt, steps=steps, guidance=guidance, sampler=sampler,
+            class_id=resolve_class(class_, atelier.engine.manifest("dcgan")["classes"]))
+        generated = await atelier.run(plain, request)
+    return Response(png_bytes(generated.images[0], generated, seed, atelier.provenance(model)), media_type="image/png")
+
+
+@app.get("/v1/models")
+async def models(request: Request) -> dict:
+    """Manifests, the execution provider each model runs on, batching settings and live stats."""
+    atelier = service_of(request)
+    described = atelier.registry.describe()
+    return {"models": [{**m.manifest, **described[name]} for name, m in atelier.registry.models.items()],
+            "batching": {"max_batch": atelier.config.max_batch, "gather_ms": atelier.config.gather_ms,
+                         "diffusion": atelier.config.diffusion_batching},
+            "engine": atelier.engine.stats()}
 
 
 @app.exception_handler(AtelierError)
