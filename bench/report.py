@@ -101,7 +101,10 @@ def method_section(summary: dict) -> str:
   FastAPI + uvicorn, the same weights in PyTorch eager, rebuilt from the committed ONNX graphs and checked
   against onnxruntime to ≤ 1e-4 at start-up, one request at a time behind a lock, DDIM with guidance as one
   2n-row forward per step: the same denoiser work per image). Every server is warmed at many batch sizes
-  before measuring (onnxruntime's first run of a new shape is slow).
+  before measuring (onnxruntime's first run of a new shape is slow). Every Atelier variant runs with
+  `ATELIER_MAX_INFLIGHT=1024`: the default admission limit (2 on this CPU, chosen for latency under
+  overload: docs/RELIABILITY.md) would turn most of a concurrency-32 load into 429s, and this suite
+  measures what batching does with the requests it is given.
 - **Ceiling** (`bench/ceiling.py`): the same graphs with the service's session options in an in-process
   onnxruntime loop, no HTTP; swept over batch sizes, then re-measured at the best batch in every repetition.
 - **Mixed diffusion** (`bench/suite.py`): {summary['mixed'].get('requests_per_run', 0)} requests per run with steps drawn from
@@ -269,12 +272,18 @@ def _why(target: dict, util: dict, sweep: dict, summary: dict) -> str:
                 "which the in-process loop does not pay.")
     if name.startswith("step-level"):
         modes = summary["mixed"]["modes"]
-        return (f"Rows per denoise run: {modes['step']['rows_per_run'] or 0:.1f} step-level vs "
-                f"{modes['request']['rows_per_run'] or 0:.1f} request-level. On this CPU a run's cost grows with "
+        step, request = modes["step"], modes["request"]
+        return (f"Rows per denoise run: {step['rows_per_run'] or 0:.1f} step-level vs "
+                f"{request['rows_per_run'] or 0:.1f} request-level. On this CPU a run's cost grows with "
                 "its rows (section 1), so the slots a finished request leaves in a request-level cohort cost "
-                "nothing; the step-level gain is latency for short requests (they no longer wait for a cohort), "
-                "not arithmetic throughput. On a GPU, where a run costs about the same at 8 or 64 rows, idle "
-                "slots are wasted work and the throughput gap opens.")
+                "nothing and throughput cannot differ much. Step-level shares every step among all requests in "
+                "flight (processor sharing): short requests finish sooner (p50 "
+                f"{step['p50_s']['median']:.2f} s vs {request['p50_s']['median']:.2f} s) while the longest ones "
+                "finish later than in cohorts, which run first come, first served (p95 "
+                f"{step['p95_s']['median']:.2f} s vs {request['p95_s']['median']:.2f} s). On a GPU, where a run "
+                "costs about the same at 8 or 64 rows, idle cohort slots are wasted work and the throughput gap "
+                "opens; on a CPU, ordering the step queue by request age under a smaller row cap is the change "
+                "that would bring the tail back.")
     return ""
 
 
