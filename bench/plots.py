@@ -78,9 +78,14 @@ def plot_latency(summary: dict, path: Path) -> None:
         mixed = summary["mixed"]
         panels.append((f"mixed diffusion 10/25/50 steps, Poisson {mixed['offered_per_s']:.2f} req/s",
                        {"step": mixed["modes"]["step"], "request": mixed["modes"]["request"]}))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for axis, (title, groups) in zip(axes[0], panels):
-        _percentile_bars(axis, groups, title)
+    _save_panels(panels, _percentile_bars, path, height=4)
+
+
+def _save_panels(panels: list[tuple[str, dict]], draw, path: Path, height: float) -> None:
+    """One figure, one panel per (title, data) side by side, each drawn by `draw(axis, data, title)`."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), height), squeeze=False)
+    for axis, (title, data) in zip(axes[0], panels):
+        draw(axis, data, title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -111,9 +116,4 @@ def plot_batch_sizes(summary: dict, path: Path) -> None:
         modes = summary["mixed"]["modes"]
         panels.append(("diffusion.denoise, mixed 10/25/50 steps",
                        {"step": modes["step"]["batch_buckets"], "request": modes["request"]["batch_buckets"]}))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for axis, (title, series) in zip(axes[0], panels):
-        _bucket_bars(axis, series, title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_panels(panels, _bucket_bars, path, height=3.8)
