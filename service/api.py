@@ -206,6 +206,9 @@ class Atelier:
     @contextlib.asynccontextmanager
     async def admitted(self, route: str, model: str, protocol: str):
         """Admission control and the request metrics every route shares."""
+        # the label is the client's model name only when it names a model: a label per unknown name
+        # would let any client grow the metrics without bound (seen when fuzzing)
+        model = model if model in pipelines.MODELS else "unknown"
         if not self.ready:
             raise NotReady("models are loading or the server is draining; retry shortly")
         if self.inflight >= self.config.max_inflight:

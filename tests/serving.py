@@ -83,7 +83,7 @@ class AtelierServer:
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` in a Prometheus text page."""
     total = 0.0
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): label values may hold \x85 or \u2028 verbatim
         if not line.startswith(name + "{") and not line.startswith(name + " "):
             continue
         head, value = line.rsplit(" ", 1)

@@ -192,3 +192,11 @@ def test_bento_builds_offline_with_the_models(tmp_path):
         assert manifest.is_file(), manifest
         assert (bento / "src" / "models" / name / "manifest.json").read_bytes() == (ROOT / "models" / name /
                                                                                    "manifest.json").read_bytes()
+
+
+def test_unknown_model_names_share_one_metrics_label(server):
+    response = httpx.post(server.url + "/v1/generate", json={"model": "no-such-model\u2028x"}, timeout=30)
+    assert response.status_code == 404
+    page = server.metrics()
+    assert "no-such-model" not in page  # a client cannot grow the metrics with names of its own
+    assert metric_value(page, "atelier_requests_total", model="unknown", status="404") >= 1
