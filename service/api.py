@@ -20,7 +20,6 @@ import json
 import logging
 import signal
 import time
-import uuid
 from typing import Annotated, Literal
 
 import bentoml
@@ -349,8 +348,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        offered_id = headers.get("x-request-id", "")
-        request_id = offered_id if 0 < len(offered_id) <= 128 and offered_id.isprintable() else uuid.uuid4().hex
+        request_id = logs.request_id(headers.get("x-request-id"))
         logs.REQUEST_ID.set(request_id)  # the route runs in this task: its error logs carry the id
         started, status = time.perf_counter(), 500
 

@@ -16,11 +16,18 @@ import json
 import logging
 import sys
 import time
+import uuid
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 OUR_LOGGERS = ("atelier", "service")
 # LogRecord's own attributes; anything else on a record came in through `extra=` and is a field.
 _RECORD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def request_id(offered: str | None) -> str:
+    """The client's request id if it is short and printable, else a fresh one: ids end up in log lines
+    and response headers, so a client cannot put anything else there."""
+    return offered if offered and len(offered) <= 128 and offered.isprintable() else uuid.uuid4().hex
 
 
 class JsonLines(logging.Formatter):

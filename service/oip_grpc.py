@@ -13,14 +13,16 @@ print(g.InferenceServerClient('localhost:8001').get_model_metadata('dcgan'))"
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import grpc
 
-from service import oip
+from service import logs, oip
 from service.errors import AtelierError, InvalidInput, grpc_code, public_message
 from service.protos import grpc_service_pb2 as pb
 from service.protos import grpc_service_pb2_grpc as pb_grpc
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from service.api import Atelier
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("atelier.access")
 
 SERVICE = "/inference.GRPCInferenceService/"
 ROUTE = SERVICE + "ModelInfer"  # the metrics label
@@ -48,16 +51,30 @@ CONTENTS_FIELDS = {
 
 
 def answers_with_status(method):
-    """An AtelierError leaves as its table's gRPC code and message; anything else as INTERNAL."""
+    """An AtelierError leaves as its table's gRPC code and message; anything else as INTERNAL. As over
+    HTTP, every call gets a request id (the client's `x-request-id` metadata, if usable), sent back as
+    initial metadata and carried by its JSON access line and any error logged while serving it."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        offered = dict(context.invocation_metadata() or ()).get("x-request-id")
+        logs.REQUEST_ID.set(logs.request_id(offered if isinstance(offered, str) else None))
+        await context.send_initial_metadata((("x-request-id", logs.REQUEST_ID.get()),))
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return await method(self, request, context)
-        except Exception as error:  # CancelledError (client gone, shutdown) is a BaseException: it passes
+        except asyncio.CancelledError:  # the client went away, or the server is shutting down
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
             if not isinstance(error, AtelierError):
                 log.exception("unhandled error in %s", method.__name__)
-            await context.abort(grpc_code(error), public_message(error))
+            code = grpc_code(error)
+            await context.abort(code, public_message(error))
+        finally:
+            access_log.info("gRPC %s %s", method.__name__, code.name,
+                            extra={"method": method.__name__, "status": code.name,
+                                   "ms": round((time.perf_counter() - started) * 1000, 1)})
 
     return wrapper
 

@@ -314,3 +314,12 @@ def test_protocols_doc_example_runs_against_the_server(server, tmp_path: Path, l
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "32, 32" in done.stdout, done.stdout  # every example prints an image shape or size
+
+
+def test_grpc_calls_get_a_request_id_back_as_over_http(grpc_stub):
+    _, call = grpc_stub.ServerLive.with_call(service_pb2.ServerLiveRequest(), metadata=[("x-request-id", "trace-42")])
+    assert dict(call.initial_metadata())["x-request-id"] == "trace-42"
+    with pytest.raises(grpc.RpcError) as failure:
+        grpc_stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="nope"))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    assert re.fullmatch(r"[0-9a-f]{32}", dict(failure.value.initial_metadata())["x-request-id"])
