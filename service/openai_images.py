@@ -83,11 +83,9 @@ async def edit_images(request: Request) -> JSONResponse:
     async def plain_request() -> pipelines.GenerateRequest:
         fields, files = await read_form(request, ("image", "mask"))
         body = parse(ImageEditForm, fields)
-        if "image" not in files:
-            raise InvalidInput("image: a file is required")
-        mask = uploads.decode_mask(files["mask"], files["image"]) if "mask" in files else None
+        image, mask = uploads.decode_edit(files["image"], files.get("mask"))
         strength = body.strength if body.strength is not None else 1.0 if mask is not None else IMG2IMG_STRENGTH
-        return to_plain(body, init_image=uploads.decode_image(files["image"]), mask=mask, strength=strength)
+        return to_plain(body, init_image=image, mask=mask, strength=strength)
 
     return await answer(request, "/v1/images/edits", plain_request)
 
@@ -100,8 +98,6 @@ async def image_variations(request: Request) -> JSONResponse:
     async def plain_request() -> pipelines.GenerateRequest:
         fields, files = await read_form(request, ("image",))
         body = parse(ImageVariationForm, fields)
-        if "image" not in files:
-            raise InvalidInput("image: a file is required")
         strength = body.strength if body.strength is not None else IMG2IMG_STRENGTH
         return to_plain(body, init_image=uploads.decode_image(files["image"]), strength=strength)
 
@@ -131,7 +127,8 @@ def to_plain(body: ImageGenerationBody, **edit) -> pipelines.GenerateRequest:
 
 
 async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
-    """A multipart body's text fields and its files (read whole: uploads.decode_* bound their size)."""
+    """A multipart body's text fields and its files (read whole: uploads.decode_* bound their size);
+    the first of `file_fields` is required."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput("this route takes multipart/form-data (an image file and form fields)")
     try:
@@ -149,6 +146,8 @@ async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dic
             files[name] = await value.read(uploads.MAX_UPLOAD_BYTES + 1)
         else:
             fields[name] = value
+    if file_fields[0] not in files:
+        raise InvalidInput(f"{file_fields[0]}: a file is required")
     return fields, files
 
 

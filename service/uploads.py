@@ -53,22 +53,31 @@ def _open(payload: bytes, what: str) -> Image.Image:
 
 def decode_image(payload: bytes, what: str = "image") -> np.ndarray:
     """Upload bytes -> (32, 32, 3) uint8 RGB on white, the way the training emoji look."""
-    image = _open(payload, what).convert("RGBA")
-    canvas = Image.new("RGBA", image.size, WHITE + (255,))
-    flat = Image.alpha_composite(canvas, image).convert("RGB")
+    return _model_input(_open(payload, what))
+
+
+def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image and its optional mask, each decoded once: the image as `decode_image` gives it, the
+    mask as (32, 32) bool, True where the image is to be repainted."""
+    image = _open(image_payload, "image")
+    mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), image.size)
+    return _model_input(image), mask
+
+
+def _model_input(image: Image.Image) -> np.ndarray:
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
+    flat = Image.alpha_composite(canvas, rgba).convert("RGB")
     square = ImageOps.pad(flat, (max(flat.size),) * 2, color=WHITE)
     return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
-def decode_mask(payload: bytes, image_payload: bytes, what: str = "mask") -> np.ndarray:
-    """Mask bytes -> (32, 32) bool, True where the image is to be repainted: a 32×32 pixel is
-    repainted when most of the mask pixels it covers are transparent."""
-    mask = _open(payload, what)
-    size = _open(image_payload, "image").size
+def _repaint_mask(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """A 32×32 pixel is repainted when most of the mask pixels it covers are fully transparent."""
     if mask.size != size:
-        raise InvalidInput(f"{what} is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
+        raise InvalidInput(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
     if "A" not in mask.getbands() and "transparency" not in mask.info:
-        raise InvalidInput(f"{what} needs an alpha channel: its fully transparent pixels mark the area to edit")
+        raise InvalidInput("mask needs an alpha channel: its fully transparent pixels mark the area to edit")
     alpha = mask.convert("RGBA").getchannel("A")
     square = ImageOps.pad(alpha, (max(size),) * 2, color=255)  # padding is kept, like the image's
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)  # mean alpha per pixel

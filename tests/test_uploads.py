@@ -48,18 +48,18 @@ def test_transparent_pixels_become_the_white_training_canvas():
 def test_mask_marks_transparent_pixels_for_repainting():
     mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # left half transparent: repaint it
-    repaint = uploads.decode_mask(png(mask), png(Image.new("RGB", (64, 64))))
+    _, repaint = uploads.decode_edit(png(Image.new("RGB", (64, 64))), png(mask))
     assert repaint.shape == (32, 32) and repaint[:, :16].all() and not repaint[:, 16:].any()
 
 
 def test_mask_without_alpha_is_refused_with_a_reason():
     with pytest.raises(InvalidInput, match="alpha channel"):
-        uploads.decode_mask(png(Image.new("RGB", (8, 8))), png(Image.new("RGB", (8, 8))))
+        uploads.decode_edit(png(Image.new("RGB", (8, 8))), png(Image.new("RGB", (8, 8))))
 
 
 def test_mask_of_another_size_is_refused():
     with pytest.raises(InvalidInput, match="8x8 but the image is 16x16"):
-        uploads.decode_mask(png(Image.new("RGBA", (8, 8))), png(Image.new("RGB", (16, 16))))
+        uploads.decode_edit(png(Image.new("RGB", (16, 16))), png(Image.new("RGBA", (8, 8))))
 
 
 @pytest.mark.parametrize("side", [5_000, 50_000])  # past our limit; past Pillow's own bomb limit too
