@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -115,11 +114,7 @@ def histogram_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
 @contextlib.contextmanager
 def running(variants: dict[str, dict[str, str] | None]) -> Iterator[dict[str, Target]]:
     """Start every variant (one after another: start-up is CPU-bound), warm it, stop them all on exit.
-
-    Each Atelier gets its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/
-    prometheus_multiproc_dir at start, so servers sharing one home wipe and mix each other's
-    /metrics (seen here: batch histograms of one server read from another).
-    """
+    Each Atelier has a BentoML home of its own (tests/serving.py), so their /metrics stay apart."""
     with contextlib.ExitStack() as stack:
         targets = {}
         for name, env in variants.items():
@@ -128,10 +123,8 @@ def running(variants: dict[str, dict[str, str] | None]) -> Iterator[dict[str, Ta
                 server = stack.enter_context(NaiveServer(free_port()))
                 targets[name] = Target(name, server.url, None)
             else:
-                home = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-"))
                 # throughput past the latency knee is what is measured here, so no admission limit
-                server = stack.enter_context(AtelierServer(env={"ATELIER_MAX_INFLIGHT": "1024", **env,
-                                                                "BENTOML_HOME": home}))
+                server = stack.enter_context(AtelierServer(env={"ATELIER_MAX_INFLIGHT": "1024", **env}))
                 targets[name] = Target(name, server.url, server)
             warm(targets[name])
             log.info("server %-14s up and warm in %4.1f s at %s %s", name, time.perf_counter() - started,

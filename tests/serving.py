@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +32,12 @@ class AtelierServer:
 
     def __init__(self, env: dict[str, str] | None = None, ready_timeout: float = 90.0):
         self.port, self.grpc_port = free_port(), free_port()
+        # A BentoML home of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir at
+        # start, so servers sharing a home (two in one test session, or two test sessions on one
+        # machine) wipe and mix each other's /metrics.
+        self.home = tempfile.TemporaryDirectory(prefix="atelier-home-")
         self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "ATELIER_GRPC_PORT": str(self.grpc_port),
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "PYTHONUNBUFFERED": "1", "BENTOML_HOME": self.home.name, **(env or {})}
         self.ready_timeout = ready_timeout
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -78,6 +83,7 @@ class AtelierServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self.home.cleanup()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

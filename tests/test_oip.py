@@ -251,12 +251,10 @@ def test_concurrent_grpc_and_http_requests_share_engine_batches(server, http_cli
 
 
 @pytest.fixture(scope="module")
-def guarded_server(tmp_path_factory):
-    """A server with an API key and room for one request in flight (no warm-up: starts faster). Its
-    own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir at start, which
-    would wipe the session server's metrics."""
-    with AtelierServer(env={"ATELIER_API_KEY": "test-key", "ATELIER_MAX_INFLIGHT": "1", "ATELIER_WARMUP": "false",
-                            "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home"))}) as running:
+def guarded_server():
+    """A server with an API key and room for one request in flight (no warm-up: starts faster)."""
+    with AtelierServer(env={"ATELIER_API_KEY": "test-key", "ATELIER_MAX_INFLIGHT": "1",
+                            "ATELIER_WARMUP": "false"}) as running:
         yield running
 
 

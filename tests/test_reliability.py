@@ -34,17 +34,11 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 LONG_DIFFUSION = {"model": "diffusion", "n": 16, "steps": 250, "seed": 3}  # ~15 s of denoising on 2 cores
 
 
-def own_home(tmp_path_factory) -> str:
-    """`bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir at start: one home per server."""
-    return str(tmp_path_factory.mktemp("bentoml-home"))
-
-
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
+def guarded():
     """API key, a 3 s request timeout, room for 2 requests in flight. Module-scoped: the last test
     in this file kills its worker."""
-    env = {"ATELIER_API_KEY": KEY, "ATELIER_REQUEST_TIMEOUT_SECONDS": "3", "ATELIER_MAX_INFLIGHT": "2",
-           "BENTOML_HOME": own_home(tmp_path_factory)}
+    env = {"ATELIER_API_KEY": KEY, "ATELIER_REQUEST_TIMEOUT_SECONDS": "3", "ATELIER_MAX_INFLIGHT": "2"}
     with AtelierServer(env=env) as running:
         yield running
 
@@ -218,8 +212,8 @@ async def sigterm_during(server: AtelierServer, bodies: list[dict], after_s: flo
             "exit_s": time.monotonic() - signalled}
 
 
-def test_sigterm_finishes_20_in_flight_requests_refuses_new_ones_with_503_and_exits_0(tmp_path_factory):
-    env = {"BENTOML_HOME": own_home(tmp_path_factory), "ATELIER_MAX_INFLIGHT": "32"}
+def test_sigterm_finishes_20_in_flight_requests_refuses_new_ones_with_503_and_exits_0():
+    env = {"ATELIER_MAX_INFLIGHT": "32"}
     with AtelierServer(env=env) as server:
         bodies = [{"model": "diffusion", "steps": 50, "seed": seed, "class": seed % 9} for seed in range(20)]
         seen = asyncio.run(sigterm_during(server, bodies, after_s=1.0))
@@ -235,8 +229,8 @@ def test_sigterm_finishes_20_in_flight_requests_refuses_new_ones_with_503_and_ex
     assert drained and drained[0]["cancelled"] == 0
 
 
-def test_request_still_running_at_the_drain_limit_ends_as_a_503_and_the_server_exits_0(tmp_path_factory):
-    env = {"BENTOML_HOME": own_home(tmp_path_factory), "ATELIER_DRAIN_SECONDS": "1", "ATELIER_WARMUP": "false"}
+def test_request_still_running_at_the_drain_limit_ends_as_a_503_and_the_server_exits_0():
+    env = {"ATELIER_DRAIN_SECONDS": "1", "ATELIER_WARMUP": "false"}
     with AtelierServer(env=env) as server:
         seen = asyncio.run(sigterm_during(server, [LONG_DIFFUSION], after_s=1.0))
     (answer,) = seen["answers"]
