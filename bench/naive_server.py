@@ -19,20 +19,19 @@ import base64
 import io
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-import httpx
 import numpy as np
 import torch
 from fastapi import FastAPI
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+
+from tests.serving import stop_process_group, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 NULL_CLASS = 9  # the diffusion model's "no class" row
@@ -122,28 +121,14 @@ class NaiveServer:
             self.process = subprocess.Popen([sys.executable, "-m", "bench.naive_server", "--port", str(self.port)],
                                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"naive server exited with {self.process.returncode}:\n"
-                                   f"{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        if wait_until_ready(self.process, self.url + "/health", self.ready_timeout,
+                            lambda: self.log_path.read_text(errors="replace")[-3000:]):
+            return self
         self.__exit__()
         raise TimeoutError(f"naive server not ready in {self.ready_timeout} s")
 
     def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process, timeout=20)
 
 
 def main() -> None:

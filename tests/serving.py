@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -49,16 +50,8 @@ class AtelierServer:
         self.process = subprocess.Popen(
             [str(BENTOML), "serve", "service:Atelier", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        if wait_until_ready(self.process, self.url + "/readyz", self.ready_timeout, self.log):
+            return self
         self.stop()
         raise TimeoutError(f"server not ready in {self.ready_timeout} s:\n{self.log()}")
 
@@ -69,14 +62,7 @@ class AtelierServer:
         return httpx.get(self.url + "/metrics", timeout=10.0).text
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        os.killpg(self.process.pid, sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait(10)
+        return stop_process_group(self.process, sig, timeout)
 
     def __enter__(self) -> AtelierServer:
         return self.start()
@@ -84,6 +70,35 @@ class AtelierServer:
     def __exit__(self, *exc) -> None:
         self.stop()
         self.home.cleanup()
+
+
+def wait_until_ready(process: subprocess.Popen, probe_url: str, timeout: float, log: Callable[[], str]) -> bool:
+    """Poll `probe_url` until it answers 200 (True) or `timeout` passes (False); a server process that
+    exits meanwhile raises, with the tail of its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log()}")
+        try:
+            if httpx.get(probe_url, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def stop_process_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+    """Signal a server's whole process group (it was started in a session of its own), escalating to
+    SIGKILL after `timeout`; returns its exit code (None if it never started)."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else None
+    os.killpg(process.pid, sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(10)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
