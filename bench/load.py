@@ -30,7 +30,6 @@ class Answer:
     seconds: float  # latency
     status: int  # HTTP status, 0 for a transport error or timeout
     images: int  # images in the answer (0 unless 200)
-    retry_after: str | None = None  # the Retry-After header of a refusal
 
 
 @dataclass
@@ -67,23 +66,21 @@ def poisson_arrivals(rate_per_s: float, count: int, seed: int) -> np.ndarray:
     return np.cumsum(rng.exponential(1.0 / rate_per_s, count))
 
 
-async def send(client: httpx.AsyncClient, url: str, body: Body, origin: float) -> Answer:
-    """POST one JSON body; `origin` is when the load began (perf_counter), for `Answer.started`."""
+async def _send(client: httpx.AsyncClient, url: str, body: Body, origin: float) -> Answer:
     started = time.perf_counter()
-    retry_after = None
     try:
         response = await client.post(url, json=body)
-        status, retry_after = response.status_code, response.headers.get("retry-after")
+        status = response.status_code
         images = len(response.json().get("images", [])) if status == 200 else 0
     except (httpx.HTTPError, ValueError):
         status, images = 0, 0
-    return Answer(started - origin, time.perf_counter() - started, status, images, retry_after)
+    return Answer(started - origin, time.perf_counter() - started, status, images)
 
 
-def client(connections: int, timeout_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def _client(connections: int, timeout_s: float) -> httpx.AsyncClient:
     # One pooled connection per concurrent request: a shared connection would serialise them.
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(limits=limits, timeout=timeout_s, headers=headers)
+    return httpx.AsyncClient(limits=limits, timeout=timeout_s)
 
 
 async def closed_loop(url: str, make_body: Callable[[int], Body], concurrency: int, duration_s: float,
@@ -91,14 +88,14 @@ async def closed_loop(url: str, make_body: Callable[[int], Body], concurrency: i
     """`concurrency` clients in lock-step request/answer loops; `make_body(i)` builds request i."""
     result = LoadResult(window=(warmup_s, warmup_s + duration_s))
     issued = 0
-    async with client(concurrency, timeout_s) as http:
+    async with _client(concurrency, timeout_s) as client:
         origin = time.perf_counter()
 
         async def user() -> None:
             nonlocal issued
             while time.perf_counter() - origin < warmup_s + duration_s:
                 issued += 1
-                result.answers.append(await send(http, url, make_body(issued), origin))
+                result.answers.append(await _send(client, url, make_body(issued), origin))
 
         await asyncio.wait_for(asyncio.gather(*(user() for _ in range(concurrency))),
                                warmup_s + duration_s + timeout_s)
@@ -108,12 +105,12 @@ async def closed_loop(url: str, make_body: Callable[[int], Body], concurrency: i
 async def open_loop(url: str, bodies: list[Body], arrivals: np.ndarray, timeout_s: float = 300.0) -> LoadResult:
     """Send bodies[i] at arrivals[i] seconds, never waiting for answers; the window ends at the last
     answer, so a server that falls behind shows a longer window and a lower throughput."""
-    async with client(len(bodies), timeout_s) as http:
+    async with _client(len(bodies), timeout_s) as client:
         origin = time.perf_counter()
 
         async def arrive(body: Body, at: float) -> Answer:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - origin)))
-            return await send(http, url, body, origin)
+            return await _send(client, url, body, origin)
 
         answers = await asyncio.wait_for(
             asyncio.gather(*(arrive(body, at) for body, at in zip(bodies, arrivals))), arrivals[-1] + timeout_s)

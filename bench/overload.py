@@ -21,11 +21,11 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 
-from bench import load
 from service.config import Config
 from tests.serving import AtelierServer, metric_value
 
@@ -36,24 +36,36 @@ BODY = {"model": "diffusion", "prompt": "a red heart", "steps": 30}
 CLIENT_TIMEOUT_S = 60.0
 
 
-async def send(http: httpx.AsyncClient, url: str, seed: int) -> load.Answer:
-    """The default /v1/generate request with this seed; a hang counts as status 0 after the timeout."""
-    return await load.send(http, url + "/v1/generate", {**BODY, "seed": seed}, time.perf_counter())
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # 0: transport error or client timeout
+    seconds: float
+    retry_after: str | None
+
+
+async def send(client: httpx.AsyncClient, url: str, seed: int) -> Outcome:
+    started = time.perf_counter()
+    try:
+        response = await client.post(url + "/v1/generate", json={**BODY, "seed": seed})
+        return Outcome(response.status_code, time.perf_counter() - started, response.headers.get("retry-after"))
+    except httpx.HTTPError:
+        return Outcome(0, time.perf_counter() - started, None)
 
 
 def client(connections: int, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    return load.client(connections, CLIENT_TIMEOUT_S, headers)
+    return httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, headers=headers, limits=httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections))
 
 
-async def unloaded(url: str, count: int, headers: dict[str, str] | None = None) -> list[load.Answer]:
+async def unloaded(url: str, count: int, headers: dict[str, str] | None = None) -> list[Outcome]:
     async with client(1, headers) as http:
         return [await send(http, url, seed) for seed in range(count)]
 
 
 async def closed_loop(url: str, clients: int, seconds: float,
-                      headers: dict[str, str] | None = None) -> tuple[float, list[load.Answer]]:
+                      headers: dict[str, str] | None = None) -> tuple[float, list[Outcome]]:
     """Requests per second with `clients` always waiting on an answer."""
-    outcomes: list[load.Answer] = []
+    outcomes: list[Outcome] = []
     deadline = time.perf_counter() + seconds
 
     async def user(index: int) -> None:
@@ -69,8 +81,7 @@ async def closed_loop(url: str, clients: int, seconds: float,
     return sum(o.status == 200 for o in outcomes) / elapsed, outcomes
 
 
-async def open_loop(url: str, rate: float, seconds: float,
-                    headers: dict[str, str] | None = None) -> list[load.Answer]:
+async def open_loop(url: str, rate: float, seconds: float, headers: dict[str, str] | None = None) -> list[Outcome]:
     """Requests leave every 1/rate s for `seconds`, answered or not (the overload a crowd makes)."""
     count = int(rate * seconds)
     async with client(count, headers) as http:
@@ -82,13 +93,13 @@ async def open_loop(url: str, rate: float, seconds: float,
         return list(await asyncio.gather(*tasks))
 
 
-def p95(outcomes: list[load.Answer]) -> float:
+def p95(outcomes: list[Outcome]) -> float:
     seconds = [o.seconds for o in outcomes if o.status == 200]
     return float(np.percentile(seconds, 95)) if seconds else float("nan")
 
 
-def report(unloaded_outcomes: list[load.Answer], unloaded_after: list[load.Answer], capacity: float, factor: float,
-           overload: list[load.Answer], alive: bool, metrics_before: str, metrics_after: str) -> dict:
+def report(unloaded_outcomes: list[Outcome], unloaded_after: list[Outcome], capacity: float, factor: float,
+           overload: list[Outcome], alive: bool, metrics_before: str, metrics_after: str) -> dict:
     admitted = [o for o in overload if o.status == 200]
     refused = [o for o in overload if o.status in (429, 503)]
     other = [o for o in overload if o.status not in (200, 429, 503)]
