@@ -31,7 +31,7 @@ from fastapi import FastAPI
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from tests.serving import stop_process_group, wait_until_ready
+from harness.serving import stop_process_group, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 NULL_CLASS = 9  # the diffusion model's "no class" row
@@ -106,7 +106,7 @@ def build_app() -> FastAPI:
 
 
 class NaiveServer:
-    """The baseline as a subprocess on 127.0.0.1 (same life cycle as tests.serving.AtelierServer)."""
+    """The baseline as a subprocess on 127.0.0.1 (same life cycle as harness.serving.AtelierServer)."""
 
     def __init__(self, port: int, ready_timeout: float = 120.0):
         self.port = port

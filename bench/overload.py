@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from service.config import Config
-from tests.serving import AtelierServer, metric_value
+from harness.serving import AtelierServer, metric_value
 
 log = logging.getLogger("bench.overload")
 

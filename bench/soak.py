@@ -1,6 +1,6 @@
 """Soak: moderate load on a served Atelier for minutes; report the worker's RSS growth and the errors.
 
-Starts `bentoml serve` on 127.0.0.1 (tests/serving.py) and runs `--clients` closed-loop clients, each
+Starts `bentoml serve` on 127.0.0.1 (harness/serving.py) and runs `--clients` closed-loop clients, each
 cycling through the kinds of request users send (dcgan, gmm with a prompt, vae, diffusion by prompt and
 by class, PNG and raw output), so every batcher, the text encoder and the PNG encoder stay busy. The worker's RSS
 (the child of `bentoml serve` that holds the Engine) is sampled every `--sample-seconds`; the baseline
@@ -25,7 +25,7 @@ import time
 import httpx
 import psutil
 
-from tests.serving import AtelierServer
+from harness.serving import AtelierServer
 
 log = logging.getLogger("bench.soak")
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from bench import ceiling, load, utilisation
 from bench.naive_server import NaiveServer
-from tests.serving import AtelierServer, free_port
+from harness.serving import AtelierServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def histogram_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
 @contextlib.contextmanager
 def running(variants: dict[str, dict[str, str] | None]) -> Iterator[dict[str, Target]]:
     """Start every variant (one after another: start-up is CPU-bound), warm it, stop them all on exit.
-    Each Atelier has a BentoML home of its own (tests/serving.py), so their /metrics stay apart."""
+    Each Atelier has a BentoML home of its own (harness/serving.py), so their /metrics stay apart."""
     with contextlib.ExitStack() as stack:
         targets = {}
         for name, env in variants.items():

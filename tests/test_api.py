@@ -1,4 +1,4 @@
-"""The served Atelier, end to end over HTTP: a real `bentoml serve` subprocess (tests/serving.py)."""
+"""The served Atelier, end to end over HTTP: a real `bentoml serve` subprocess (harness/serving.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving import ROOT, metric_value
+from harness.serving import ROOT, metric_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from tests.serving import ROOT
+from harness.serving import ROOT
 
 
 def test_smoke_run_writes_the_report_with_every_comparison_and_plot(tmp_path):

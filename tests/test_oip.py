@@ -29,7 +29,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.serving import ROOT, AtelierServer, metric_value
+from harness.serving import ROOT, AtelierServer, metric_value
 
 FEW_STEPS = {"steps": 4}  # diffusion at 4 steps keeps each request well under a second on 2 cores
 

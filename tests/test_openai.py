@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from service import uploads
-from tests.serving import metric_value
+from harness.serving import metric_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,6 @@
 """Reliability of the served Atelier (issue 10): access, limits, timeouts, logs, overload, drain on
 SIGTERM, start-up integrity and recovery from a killed worker. Real `bentoml serve` subprocesses on
-127.0.0.1 (tests/serving.py); every wait is bounded.
+127.0.0.1 (harness/serving.py); every wait is bounded.
 
     .venv/bin/python -m pytest -q tests/test_reliability.py
 """
@@ -26,7 +26,7 @@ import pytest
 from bench import overload
 from service.oip_http import MAX_BODY_BYTES
 from service.uploads import MAX_UPLOAD_BYTES
-from tests.serving import BENTOML, ROOT, AtelierServer, free_port, metric_value
+from harness.serving import BENTOML, ROOT, AtelierServer, free_port, metric_value
 
 log = logging.getLogger(__name__)
 KEY = "reliability-key"

@@ -1,0 +1,1 @@
+"""Test and benchmark harness shared by tests/, bench/ and loadtests/: a real served Atelier."""
