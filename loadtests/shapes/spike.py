@@ -1,0 +1,8 @@
+"""The spike shape (`loadtests.shapes.spike`): `locust -f loadtests/locustfile.py,loadtests/shapes/spike.py ...`."""
+
+from loadtests import shapes
+from loadtests.shapes.base import AtelierShape
+
+
+class Spike(AtelierShape):
+    profile = staticmethod(shapes.spike)
