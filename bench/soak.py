@@ -7,7 +7,7 @@ by class, PNG and raw output), so every batcher, the text encoder and the PNG en
 is the RSS after `--warmup-seconds` of the same load, the result the last sample. The warm-up must
 outlast BentoML's traffic timeout (ATELIER_REQUEST_TIMEOUT_SECONDS + 5 = 65 s by default): BentoML
 keeps ~4.7 KiB per request for that long after answering it, so RSS climbs for that long, then
-stays flat (measured; service/api.py says why); onnxruntime's arenas settle sooner. Pass: RSS growth < 5 % and 0 errors. Not part of CI (10 minutes).
+stays flat (measured; service/api.py's BENTOML_TIMEOUT_MARGIN_SECONDS says why); onnxruntime's arenas settle sooner. Pass: RSS growth < 5 % and 0 errors. Not part of CI (10 minutes).
 
     BENTOML_DO_NOT_TRACK=True .venv/bin/python -m bench.soak --minutes 10
 """

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from service.manifest import sha256_file
+
 log = logging.getLogger(__name__)
 
 FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -85,14 +87,6 @@ class EmojiDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_emoji_test(text: str) -> list[EmojiEntry]:

@@ -10,12 +10,11 @@ import json
 import logging
 from pathlib import Path
 
-from export.data import sha256_file
+from service.manifest import MANIFEST, file_problems, sha256_file
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MANIFEST = "manifest.json"
 SIZE_BUDGET_BYTES = 80 * 1024 * 1024  # committed artifacts in total, DEVELOPERS' rule
 
 
@@ -50,17 +49,7 @@ def problems(model_dir: Path) -> list[str]:
         manifest = read(model_dir)
     except (OSError, ValueError) as error:
         return [f"{model_dir / MANIFEST}: unreadable manifest ({error})"]
-    found = []
-    for name, expected in manifest.get("files", {}).items():
-        path = model_dir / name
-        if not path.is_file():
-            found.append(f"{path}: listed in the manifest but missing")
-        elif sha256_file(path) != expected:
-            found.append(f"{path}: sha256 differs from the manifest")
-    for path in model_dir.iterdir():
-        if path.name != MANIFEST and path.name not in manifest.get("files", {}):
-            found.append(f"{path}: not listed in the manifest")
-    return found
+    return file_problems(model_dir, manifest.get("files", {}))
 
 
 def verify(models_dir: Path = MODELS_DIR, required: tuple[str, ...] = ()) -> list[dict]:

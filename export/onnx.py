@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from service.fp16 import half_precision
 
 log = logging.getLogger(__name__)
 
@@ -97,27 +98,10 @@ def max_abs_diff(spec: GraphSpec, path: Path, batch: int) -> float:
     return float(max(np.max(np.abs(g - w)) for g, w in zip(got, run_torch(spec, inputs))))
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and activations, fp32 inputs/outputs (what the service derives on CUDA).
-    The converter adds one fp32 cast per consumer of a shared initializer, all with the same
-    name and output: identical nodes, of which the graph may keep only the first."""
-    half = convert_float_to_float16(model, keep_io_types=True)
-    seen, unique = set(), []
-    for node in half.graph.node:
-        key = (node.name, tuple(node.output))
-        if node.name and key in seen:
-            continue
-        seen.add(key)
-        unique.append(node)
-    del half.graph.node[:]
-    half.graph.node.extend(unique)
-    return half
-
-
 def fp16_max_abs_diff(spec: GraphSpec, path: Path) -> dict:
     """Deviation of the fp16 graph from torch fp32 at batch 16, run by onnxruntime on this CPU."""
     inputs = spec.make_inputs(16, torch.Generator().manual_seed(PARITY_SEED + 16))
-    half = to_fp16(onnx.load(str(path)))
+    half = half_precision(onnx.load(str(path)))
     try:
         session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
         got = session.run(None, feed(spec, inputs))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -16,7 +17,8 @@ import onnx
 import torch
 
 from export import data, dcgan, diffusion, gmm, manifest, text, training, vae
-from export.onnx import GraphSpec, export_graph, io_description, to_fp16
+from export.onnx import GraphSpec, export_graph, io_description
+from service.fp16 import half_precision, half_precision_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,7 @@ def function_entry(path: Path, metrics: dict | None = None) -> dict:
 
 
 def fp16_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(to_fp16(onnx.load(str(path))).SerializeToString()).hexdigest()
+    return hashlib.sha256(half_precision_bytes(path)).hexdigest()
 
 
 def fresh_dir(models_dir: Path, name: str) -> Path:
@@ -151,7 +151,7 @@ def publish_text(models_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         fp32_path = Path(scratch) / "encoder.fp32.onnx"
         metrics = export_graph(spec, fp32_path)
-        onnx.save(to_fp16(onnx.load(str(fp32_path))), str(target / "encoder.onnx"))
+        onnx.save(half_precision(onnx.load(str(fp32_path))), str(target / "encoder.onnx"))
     metrics["served_fp16_cosine_min"] = fp16_cosine(spec, target / "encoder.onnx")
     shutil.copy(tokenizer_json, target / "tokenizer.json")
     entry = base_manifest("text", "sentence-encoder", None)

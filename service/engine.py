@@ -6,7 +6,7 @@ in the process (JSON, OIP HTTP, OIP gRPC, OpenAI routes) shares the same runs. C
 guidance submits the conditional and the unconditional row of an image together, so both are
 always computed in the same run.
 
-    .venv/bin/python -m pytest tests/test_engine.py
+    .venv/bin/python -m pytest tests/test_pipelines.py
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from service.batcher import CohortGate, ContinuousBatcher, Tensors
 from service.config import Config
+from service.manifest import Manifest
 from service.registry import LoadedModel, Registry, load_gmm
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,17 @@ class Engine:
                                                        max_batch=config.max_batch, gather_ms=config.gather_ms)
         self.gmm = load_gmm(registry.models["gmm"])
         text = registry.models["text"]
-        self.tokenizer = Tokenizer.from_file(str(text.directory / text.manifest["tokenizer_file"]))
-        self.tokenizer.enable_truncation(text.manifest["max_tokens"])
+        self.tokenizer = Tokenizer.from_file(str(text.directory / text.manifest.tokenizer_file))
+        self.tokenizer.enable_truncation(text.manifest.max_tokens)
         self._prompt_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        with np.load(text.directory / text.manifest["themes_file"]) as themes:
+        with np.load(text.directory / text.manifest.themes_file) as themes:
             self.theme_vectors = themes["embeddings"].astype(np.float32)  # (captions, 384), unit norm
             self.theme_classes = themes["class_id"]
         # request-level batching (the benchmark's comparison): whole sampling loops in cohorts
         self.cohorts = CohortGate() if config.diffusion_batching == "request" else None
 
-    def manifest(self, model: str) -> dict:
-        return self.registry.models[model].manifest
+    def manifest(self, model: str) -> Manifest:
+        return self.registry.manifest(model)
 
     async def generate_gan(self, z: np.ndarray, class_id: np.ndarray) -> np.ndarray:
         """(N, 128) noise + (N,) classes -> (N, 3, 32, 32) images in [-1, 1]."""
@@ -83,7 +84,7 @@ class Engine:
         """eps for each row; rows with guidance != 1 also run unconditionally in the same batch and
         combine as eps_u + w (eps_c - eps_u) (Ho & Salimans 2022, eq. 6)."""
         guided = guidance != 1.0  # (N,)
-        null_class = self.manifest("diffusion")["conditioning"]["null_class"]
+        null_class = self.manifest("diffusion").null_class
         inputs = {
             "latent": np.concatenate([latent, latent[guided]]).astype(np.float32),
             "timestep": np.concatenate([timestep, timestep[guided]]).astype(np.float32),
@@ -128,17 +129,18 @@ class Engine:
             component = members[rng.choice(len(members), p=weights / weights.sum())]
             noise = rng.standard_normal(self.gmm["means"].shape[1]).astype(np.float32)
             latents.append(self.gmm["means"][component] + self.gmm["cholesky"][component].astype(np.float32) @ noise)
-        return np.stack(latents).reshape(len(latents), *self.manifest("vae")["latent_shape"])
+        return np.stack(latents).reshape(len(latents), *self.manifest("vae").latent_shape)
 
     async def warm_up(self) -> None:
         """One small run per function, so the first client does not pay ORT's lazy set-up."""
         rng = np.random.default_rng(0)
-        latent = rng.standard_normal((2, *self.manifest("vae")["latent_shape"])).astype(np.float32)
+        latent = rng.standard_normal((2, *self.manifest("vae").latent_shape)).astype(np.float32)
         await asyncio.gather(
-            self.generate_gan(rng.standard_normal((2, self.manifest("dcgan")["z_dim"])).astype(np.float32),
+            self.generate_gan(rng.standard_normal((2, self.manifest("dcgan").z_dim)).astype(np.float32),
                               np.array([0, 1])),
             self.decode(latent), self.encode(np.zeros((2, 3, 32, 32), np.float32)),
-            self.denoise(latent, np.array([0.5, 0.5], np.float32), np.array([0, 9]), np.zeros((2, 384), np.float32),
+            self.denoise(latent, np.array([0.5, 0.5], np.float32), np.array([0, self.manifest("diffusion").null_class]),
+                         np.zeros((2, self.manifest("diffusion").text_dim), np.float32),
                          np.array([3.0, 1.0], np.float32)),
             self.embed_text(["warm up"]))
         self._prompt_cache.clear()

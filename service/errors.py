@@ -1,12 +1,17 @@
 """Typed errors and the one table that maps each to an HTTP status and a gRPC status code.
 
 Every transport (JSON API, OIP over HTTP and gRPC, OpenAI routes) raises these and asks
-`http_status` / `grpc_code`; nothing else decides a status.
+`http_status` / `grpc_code`; nothing else decides a status. A body that fails its schema (pydantic)
+becomes `InvalidInput` through `invalid_request` on every transport, so it is a 400 everywhere: the
+status the Open Inference Protocol and the OpenAI API give a malformed request (docs/PROTOCOLS.md).
 
     .venv/bin/python -m pytest tests/test_api.py -k error
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
 
 import grpc
 
@@ -28,7 +33,11 @@ class Unauthenticated(AtelierError):
 
 
 class Overloaded(AtelierError):
-    """Too many requests in flight; retry after a short wait."""
+    """Admission refused the request; `retry_after` is when the server predicts room for it."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestTimeout(AtelierError):
@@ -76,6 +85,23 @@ def http_status(error: BaseException) -> int:
 
 def grpc_code(error: BaseException) -> grpc.StatusCode:
     return _lookup(error)[1]
+
+
+def retry_after(error: BaseException) -> str | None:
+    """The Retry-After header (whole seconds, at least 1) for refusals a client should retry."""
+    if isinstance(error, Overloaded):
+        return str(max(1, math.ceil(error.retry_after)))
+    if isinstance(error, NotReady):
+        return "1"
+    return None
+
+
+def invalid_request(problems: Iterable[Mapping], what: str = "request") -> InvalidInput:
+    """A schema failure (pydantic's `errors()`: dicts with `loc` and `msg`) as one InvalidInput naming
+    each field, the same on every transport."""
+    listed = "; ".join(f"{'.'.join(str(part) for part in problem['loc'] if part != 'body') or 'body'}: "
+                       f"{problem['msg']}" for problem in problems)
+    return InvalidInput(f"invalid {what}: {listed}")
 
 
 def public_message(error: BaseException) -> str:

@@ -1,6 +1,6 @@
 """Atelier's structured logs: one JSON object per line on stderr, carrying the request id.
 
-The HTTP middleware (api.py) sets `REQUEST_ID` for each request and returns the same id in the
+The HTTP request context (transports/context.py) sets `REQUEST_ID` for each request and returns the same id in the
 `x-request-id` header, so a client's complaint leads straight to its access line and to any error
 logged while serving it. BentoML's own lines keep its text format; ours go to the loggers
 `atelier` (access and errors) and `service` (modules), which stop propagating to BentoML's.

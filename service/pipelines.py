@@ -9,40 +9,38 @@ the single image of the same request with seed s + i, whatever else shared its b
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import emoji
 import numpy as np
 
-from service import samplers
+from service import rules, samplers
 from service.engine import Engine
-from service.errors import ClientDisconnected, InvalidInput, ModelNotFound
+from service.errors import InvalidInput, ModelNotFound
 
-MODELS = ("dcgan", "vae", "gmm", "diffusion")
-MAX_IMAGES = 16
-MAX_STEPS = 250
-MAX_PROMPT_CHARS = 500
-SEED_LIMIT = 2**63 - MAX_IMAGES  # seed + i must stay a valid int64 for every image
 KARRAS_SAMPLERS = ("euler", "dpmpp_2m")  # few-step samplers gain most from Karras spacing
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    model: str
-    n: int = 1
-    seed: int = 0
+    model: str = rules.DEFAULT_MODEL
+    n: int = rules.N.default
+    seed: int | None = None  # None: a random seed, drawn once here (`with_seed`) and returned with the image
     class_id: int | None = None
     prompt: str | None = None
-    steps: int = 30
-    guidance: float = 3.0
-    sampler: str = "dpmpp_2m"
-    eta: float = 0.0
+    steps: int = rules.STEPS.default
+    guidance: float = rules.GUIDANCE.default
+    sampler: str = rules.DEFAULT_SAMPLER
+    eta: float = rules.ETA.default
     # img2img and inpainting (diffusion only): start from an image instead of pure noise
     init_image: np.ndarray | None = field(default=None, repr=False)  # (32, 32, 3) uint8
     mask: np.ndarray | None = field(default=None, repr=False)  # (32, 32) bool, True = repaint
-    strength: float = 1.0  # the fraction of the schedule run from the noised image (SDEdit); 1 = all
+    strength: float = rules.STRENGTH.default  # the fraction of the schedule run from the noised image (SDEdit)
+
+    def with_seed(self) -> GenerateRequest:
+        """This request with its seed fixed: the client's, or a random one (the only place one is drawn)."""
+        return self if self.seed is not None else replace(self, seed=int(np.random.default_rng().integers(2**31)))
 
 
 @dataclass(frozen=True)
@@ -55,27 +53,24 @@ class Generated:
     parameters: dict = field(default_factory=dict)
 
 
-def validate(request: GenerateRequest, classes: list[str]) -> None:
-    """Bounds every transport shares; violations are InvalidInput (400) / ModelNotFound (404)."""
-    if request.model not in MODELS:
-        raise ModelNotFound(f"unknown model {request.model!r}; available: {', '.join(MODELS)}")
-    if not 1 <= request.n <= MAX_IMAGES:
-        raise InvalidInput(f"n must be between 1 and {MAX_IMAGES}, got {request.n}")
-    if not 0 <= request.seed < SEED_LIMIT:
-        raise InvalidInput(f"seed must be between 0 and {SEED_LIMIT - 1}, got {request.seed}")
+def validate(engine: Engine, request: GenerateRequest) -> None:
+    """The rules every transport shares (service/rules.py), with the model's own classes; violations
+    are InvalidInput (400) / ModelNotFound (404)."""
+    if request.model not in rules.MODELS:
+        raise ModelNotFound(f"unknown model {request.model!r}; available: {', '.join(rules.MODELS)}")
+    classes = engine.manifest(request.model).classes
+    rules.N.check(request.n)
+    if request.seed is not None:
+        rules.SEED.check(request.seed)
     if request.class_id is not None and not 0 <= request.class_id < len(classes):
-        raise InvalidInput(f"class must be 0..{len(classes) - 1} or one of {classes}, got {request.class_id}")
-    if request.prompt is not None and not 0 < len(request.prompt) <= MAX_PROMPT_CHARS:
-        raise InvalidInput(f"prompt must be 1..{MAX_PROMPT_CHARS} characters, got {len(request.prompt)}")
+        raise InvalidInput(f"class must be 0..{len(classes) - 1} or one of {list(classes)}, got {request.class_id}")
+    if request.prompt is not None:
+        rules.check_prompt(request.prompt)
     if request.model == "diffusion":
-        if not 1 <= request.steps <= MAX_STEPS:
-            raise InvalidInput(f"steps must be between 1 and {MAX_STEPS}, got {request.steps}")
-        if request.sampler not in samplers.SAMPLERS:
-            raise InvalidInput(f"unknown sampler {request.sampler!r}; available: {', '.join(samplers.SAMPLERS)}")
-        if not (0.0 <= request.guidance <= 20.0 and 0.0 <= request.eta <= 1.0):
-            raise InvalidInput("guidance must be in [0, 20] and eta in [0, 1]")
-        if not 0.0 <= request.strength <= 1.0:
-            raise InvalidInput(f"strength must be in [0, 1], got {request.strength}")
+        for bound, value in ((rules.STEPS, request.steps), (rules.GUIDANCE, request.guidance),
+                             (rules.ETA, request.eta), (rules.STRENGTH, request.strength)):
+            bound.check(value)
+        rules.check_sampler(request.sampler)
     elif request.init_image is not None:
         raise InvalidInput(f"only the diffusion model edits images; {request.model!r} only generates")
     if request.mask is not None and request.init_image is None:
@@ -115,12 +110,13 @@ async def resolve_classes(engine: Engine, request: GenerateRequest,
         return [request.class_id] * request.n
     if request.prompt is not None:
         return [await theme_class(engine, request.prompt)] * request.n
-    classes = len(engine.manifest("dcgan")["classes"])
+    classes = len(engine.manifest(request.model).classes)
     return [int(rng.integers(classes)) for rng in rngs]  # a surprise class, still seed-determined
 
 
 async def generate(engine: Engine, request: GenerateRequest) -> Generated:
-    validate(request, engine.manifest("dcgan")["classes"])
+    request = request.with_seed()
+    validate(engine, request)
     rngs = image_rngs(request.seed, request.n)
     class_ids: list[int | None]
     if request.model == "diffusion":
@@ -132,18 +128,16 @@ async def generate(engine: Engine, request: GenerateRequest) -> Generated:
             images = np.where(keep, to_unit(request.init_image)[None], images)
     elif request.model == "dcgan":
         class_ids = await resolve_classes(engine, request, rngs)
-        z = np.stack([rng.standard_normal(engine.manifest("dcgan")["z_dim"]) for rng in rngs]).astype(np.float32)
+        z = np.stack([rng.standard_normal(engine.manifest("dcgan").z_dim) for rng in rngs]).astype(np.float32)
         images = await engine.generate_gan(z, np.array(class_ids, np.int64))
     elif request.model == "gmm":
         class_ids = await resolve_classes(engine, request, rngs)
         images = await engine.decode(engine.sample_gmm(np.array(class_ids), rngs))
     else:  # vae: the plain N(0, I) prior, the baseline the GMM prior improves on
         class_ids = [None] * request.n
-        shape = engine.manifest("vae")["latent_shape"]
-        images = await engine.decode(samplers.noise_like(rngs, tuple(shape)))
-    manifest = engine.manifest(request.model)
+        images = await engine.decode(samplers.noise_like(rngs, engine.manifest("vae").latent_shape))
     return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], class_ids, request.model,
-                     manifest["version"], provenance_parameters(request))
+                     engine.manifest(request.model).version, provenance_parameters(request))
 
 
 def provenance_parameters(request: GenerateRequest) -> dict:
@@ -180,17 +174,17 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
     """Latents (n, 4, 8, 8): the sampler loop awaits the Engine once per step, so requests at
     different steps share each denoise run (step-level continuous batching)."""
     manifest = engine.manifest("diffusion")
-    schedule = samplers.CosineSchedule.from_manifest(manifest["schedule"])
+    schedule = samplers.CosineSchedule.from_manifest(manifest.schedule)
     if request.sampler in KARRAS_SAMPLERS:
         sigmas = samplers.karras_sigmas(schedule.sigma_min, schedule.sigma_max, request.steps)
     else:
         sigmas = samplers.uniform_t_sigmas(schedule, request.steps)
     n = request.n
-    class_id = np.full(n, manifest["conditioning"]["null_class"] if request.class_id is None else request.class_id)
+    class_id = np.full(n, manifest.null_class if request.class_id is None else request.class_id)
     text = (np.repeat(await engine.embed_text([prompt_text(request.prompt)]), n, axis=0) if request.prompt
-            else np.zeros((n, manifest["conditioning"]["text_dim"]), np.float32))
+            else np.zeros((n, manifest.text_dim), np.float32))
     guidance = np.full(n, request.guidance, np.float32)
-    shape = tuple(manifest["latent_shape"])
+    shape = manifest.latent_shape
     known, repaint = None, None
     if request.init_image is not None:
         known = (await engine.encode(to_unit(request.init_image)[None]))[0]  # (1, 4, 8, 8) posterior mean
@@ -221,20 +215,3 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         return await samplers.SAMPLERS[request.sampler](denoise, x, sigmas, rngs, **kwargs)
     finally:
         engine.cohorts.leave()
-
-
-async def run_cancellable(coroutine, disconnected) -> Generated:
-    """Run a pipeline, cancelling it (its queued rows leave the batchers) if `disconnected`
-    (an awaitable that completes when the client goes away) finishes first."""
-    work = asyncio.ensure_future(coroutine)
-    watcher = asyncio.ensure_future(disconnected)
-    try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done:
-            work.cancel()
-            raise ClientDisconnected("client disconnected; remaining steps cancelled")
-        return work.result()
-    finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()

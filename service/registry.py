@@ -13,7 +13,6 @@ print(Registry.load(load_config()).describe())"
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,32 +22,25 @@ import onnxruntime as ort
 
 from service.config import Config
 from service.errors import ManifestHashMismatch, RegistryError
+from service.fp16 import half_precision_bytes
+from service.manifest import Manifest, load_verified
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
     directory: Path
-    manifest: dict
+    manifest: Manifest
     sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)  # function -> session
     precision: str = "fp32"
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return self.manifest.version
 
     def providers(self) -> list[str]:
         return sorted({p for s in self.sessions.values() for p in s.get_providers()[:1]})
@@ -65,14 +57,17 @@ class Registry:
                   for name, manifest in manifests.items()}
         return cls(models)
 
+    def manifest(self, model: str) -> Manifest:
+        return self.models[model].manifest
+
     def describe(self) -> dict:
         return {name: {"version": m.version, "providers": m.providers(), "precision": m.precision,
                        "functions": sorted(m.sessions)} for name, m in self.models.items()}
 
 
-def verified_manifests(models_dir: Path) -> dict[str, dict]:
+def verified_manifests(models_dir: Path) -> dict[str, Manifest]:
     """Every model's manifest, after all its files matched; RegistryError naming the first bad file."""
-    manifests = {name: verified_manifest(models_dir / name) for name in discover(models_dir)}
+    manifests = {name: load_verified(models_dir / name) for name in discover(models_dir)}
     missing = [name for name in REQUIRED_MODELS if name not in manifests]
     if missing:
         raise RegistryError(f"{models_dir}: required models missing: {', '.join(missing)}")
@@ -83,25 +78,6 @@ def discover(models_dir: Path) -> list[str]:
     if not models_dir.is_dir():
         raise RegistryError(f"{models_dir}: models directory not found")
     return sorted(p.name for p in models_dir.iterdir() if p.is_dir())
-
-
-def verified_manifest(directory: Path) -> dict:
-    """The manifest, after every listed file matched its sha256 and nothing unlisted was found."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RegistryError(f"{directory / MANIFEST}: unreadable manifest ({type(error).__name__}: {error})")
-    for name, expected in files.items():
-        path = directory / name
-        if not path.is_file():
-            raise RegistryError(f"{path}: listed in the manifest but missing")
-        if sha256_file(path) != expected:
-            raise ManifestHashMismatch(f"{path}: sha256 differs from the manifest; refusing to serve it")
-    unlisted = [p.name for p in directory.iterdir() if p.name != MANIFEST and p.name not in files]
-    if unlisted:
-        raise RegistryError(f"{directory}: files not listed in the manifest: {', '.join(unlisted)}")
-    return manifest
 
 
 def session_options(config: Config) -> ort.SessionOptions:
@@ -121,16 +97,16 @@ def wants_fp16(config: Config) -> bool:
     return config.providers[0] == "CUDAExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def open_model(config: Config, directory: Path, manifest: dict) -> LoadedModel:
+def open_model(config: Config, directory: Path, manifest: Manifest) -> LoadedModel:
     providers = [p for p in config.providers if p in ort.get_available_providers()] or ["CPUExecutionProvider"]
     fp16 = wants_fp16(config)
     sessions = {}
-    for function, entry in manifest.get("functions", {}).items():
-        graph: str | bytes = str(directory / entry["file"])
-        if fp16 and "fp16_sha256" in entry:
-            graph = derived_fp16(directory / entry["file"], entry["fp16_sha256"])
+    for function, graph_file in manifest.functions.items():
+        graph: str | bytes = str(directory / graph_file.file)
+        if fp16 and graph_file.fp16_sha256 is not None:
+            graph = derived_fp16(directory / graph_file.file, graph_file.fp16_sha256)
         sessions[function] = ort.InferenceSession(graph, session_options(config), providers=providers)
-    model = LoadedModel(manifest["name"], directory, manifest, sessions, "fp16" if fp16 else "fp32")
+    model = LoadedModel(manifest.name, directory, manifest, sessions, "fp16" if fp16 else "fp32")
     log.info("loaded %s %s: functions %s on %s", model.name, model.version, sorted(sessions), model.providers())
     return model
 
@@ -138,24 +114,12 @@ def open_model(config: Config, directory: Path, manifest: dict) -> LoadedModel:
 def derived_fp16(path: Path, expected_sha256: str) -> bytes:
     """The fp16 graph the exporter measured, derived here (not committed: the 80 MB budget) and
     checked against the hash the manifest recorded, so it is as verified as the fp32 file."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    half = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
-    seen, unique = set(), []
-    for node in half.graph.node:  # drop the converter's duplicate casts, as the exporter does
-        key = (node.name, tuple(node.output))
-        if not (node.name and key in seen):
-            seen.add(key)
-            unique.append(node)
-    del half.graph.node[:]
-    half.graph.node.extend(unique)
-    graph = half.SerializeToString()
+    graph = half_precision_bytes(path)
     if hashlib.sha256(graph).hexdigest() != expected_sha256:
         raise ManifestHashMismatch(f"{path}: derived fp16 graph differs from the manifest's fp16_sha256")
     return graph
 
 
 def load_gmm(model: LoadedModel) -> dict[str, np.ndarray]:
-    with np.load(model.directory / model.manifest["prior_file"]) as arrays:
+    with np.load(model.directory / model.manifest.prior_file) as arrays:
         return {key: arrays[key] for key in arrays.files}

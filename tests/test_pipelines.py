@@ -33,7 +33,7 @@ def test_emoji_in_prompts_become_their_names():
                                            ("a future city", "Travel & Places"), ("a red heart", "Smileys & Emotion"), ("flag: Japan", "Flags"),
                                            ("grinning face", "Smileys & Emotion")])
 def test_a_text_theme_picks_the_nearest_class_for_class_only_models(engine, prompt, group):
-    classes = engine.manifest("dcgan")["classes"]
+    classes = engine.manifest("dcgan").classes
     assert classes[run(pipelines.theme_class(engine, prompt))] == group
 
 

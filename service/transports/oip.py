@@ -2,7 +2,8 @@
 
 Each pipeline is an OIP model (`dcgan`, `vae`, `gmm`, `diffusion`). The transports, `oip_http.py`
 (JSON with the binary tensor extension) and `oip_grpc.py` (protobuf), decode into the plain
-`InferRequest` below, call `infer`, and encode the `InferResponse` it returns. This module never
+`InferRequest` below, call `infer` with the core it needs (as KServe's data plane is handed its
+model repository), and encode the `InferResponse` it returns. This module never
 sees a header, a JSON body or a protobuf message, and the protocol's rules (which tensors each
 model takes, datatypes, shapes, parameters, versions) live here once for both transports.
 
@@ -18,21 +19,16 @@ Tensors (also in each model's metadata and in docs/PROTOCOLS.md); row i of every
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service import pipelines
+from service import pipelines, rules
 from service.errors import InvalidInput, ModelNotFound
-
-if TYPE_CHECKING:
-    from service.api import Atelier
-    from service.engine import Engine
+from service.server import ServingCore, cancel_on, generate_rows
 
 SERVER_NAME = "atelier"
 # binary_tensor_data: the HTTP binary extension; parameters: request parameters (steps, guidance...)
@@ -101,20 +97,26 @@ SEED = TensorSpec("seed", "INT64", (-1,), True,
                   "one image per element, drawn from its own generator: same seed and parameters, same image")
 CLASS_ID = TensorSpec("class_id", "INT64", (-1,), False,
                       "emoji group 0..8 (the model's `classes`); -1 = none (follow the prompt, else a seeded surprise)")
-PROMPT = TensorSpec("prompt", "BYTES", (-1,), False, "UTF-8 theme, up to 500 characters; empty = none")
+PROMPT = TensorSpec("prompt", "BYTES", (-1,), False,
+                    f"UTF-8 theme, up to {rules.MAX_PROMPT_CHARS} characters; empty = none")
 MODEL_INPUTS: dict[str, tuple[TensorSpec, ...]] = {
     "dcgan": (SEED, CLASS_ID, PROMPT), "gmm": (SEED, CLASS_ID, PROMPT), "vae": (SEED,),
     "diffusion": (SEED, CLASS_ID, PROMPT),
 }
 NO_CLASS = -1
 
-# Request parameters -> (accepted Python types, what they do). Only diffusion uses them; the other
-# models ignore them, as /v1/generate does, so one client can send the same request to any model.
+# Request parameters -> (accepted Python types, what they do), from the request rules. Only diffusion
+# uses them; the other models ignore them, as /v1/generate does, so one client can send the same
+# request to any model.
+def _described(bound: rules.Bound) -> str:
+    return f"{bound.description}, {bound.minimum:g}..{bound.maximum:g} (default {bound.default:g})"
+
+
 PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
-    "steps": ((int,), f"sampler steps, 1..{pipelines.MAX_STEPS} (default 30)"),
-    "guidance": ((int, float), "classifier-free guidance scale, 0..20 (default 3.0)"),
-    "sampler": ((str,), "dpmpp_2m (default), euler, ddim or ddpm"),
-    "eta": ((int, float), "DDIM stochasticity, 0..1 (default 0)"),
+    "steps": ((int,), _described(rules.STEPS)),
+    "guidance": ((int, float), _described(rules.GUIDANCE)),
+    "sampler": ((str,), f"{', '.join(rules.SAMPLERS)} (default {rules.DEFAULT_SAMPLER})"),
+    "eta": ((int, float), _described(rules.ETA)),
 }
 
 
@@ -122,24 +124,24 @@ def server_metadata(version: str) -> dict:
     return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def served_version(engine: Engine, model: str, version: str = "") -> str:
+def served_version(core: ServingCore, model: str, version: str = "") -> str:
     """The version of `model` this server runs; ModelNotFound for another model or version."""
     if model not in MODEL_INPUTS:
         raise ModelNotFound(f"unknown model {model!r}; models: {', '.join(MODEL_INPUTS)}")
-    served = engine.manifest(model)["version"]
+    served = core.registry.manifest(model).version
     if version and version != served:
         raise ModelNotFound(f"model {model!r} has no version {version!r}; served: {served}")
     return served
 
 
-def model_ready(atelier: Atelier, model: str, version: str = "") -> bool:
-    served_version(atelier.engine, model, version)
-    return atelier.ready
+def model_ready(core: ServingCore, model: str, version: str = "") -> bool:
+    served_version(core, model, version)
+    return core.ready
 
 
-def model_metadata(engine: Engine, model: str, version: str = "") -> ModelMetadata:
-    served = served_version(engine, model, version)
-    size = engine.manifest(model)["image_size"]
+def model_metadata(core: ServingCore, model: str, version: str = "") -> ModelMetadata:
+    served = served_version(core, model, version)
+    size = core.registry.manifest(model).image_size
     image = TensorSpec("image", "UINT8", (-1, size, size, 3), True, "RGB, row-major (N, height, width, channel)")
     parameters = {name: doc for name, (_, doc) in PARAMETERS.items()} if model == "diffusion" else {}
     return ModelMetadata(model, (served,), PLATFORM, MODEL_INPUTS[model], (image,), parameters)
@@ -217,7 +219,7 @@ def raw_bytes(tensor: Tensor) -> bytes:
     return tensor.data.astype(DATATYPES[tensor.datatype], copy=False).tobytes()
 
 
-def generate_requests(request: InferRequest, classes: list[str]) -> list[pipelines.GenerateRequest]:
+def generate_requests(core: ServingCore, request: InferRequest) -> list[pipelines.GenerateRequest]:
     """One single-image GenerateRequest per row, validated together before any work starts."""
     tensors = checked_inputs(request)
     n = tensors["seed"].shape[0]
@@ -230,7 +232,7 @@ def generate_requests(request: InferRequest, classes: list[str]) -> list[pipelin
                                               class_id=None if class_id == NO_CLASS else class_id,
                                               prompt=prompt, **options))
     for row in rows:
-        pipelines.validate(row, classes)
+        core.check(row)
     return rows
 
 
@@ -253,8 +255,8 @@ def checked_inputs(request: InferRequest) -> dict[str, Tensor]:
     if missing:
         raise InvalidInput(f"missing input {', '.join(map(repr, missing))} (model {request.model!r} needs it)")
     n = tensors["seed"].shape[0]
-    if not 1 <= n <= pipelines.MAX_IMAGES:
-        raise InvalidInput(f"N (the length of 'seed') must be 1..{pipelines.MAX_IMAGES}, got {n}")
+    if not rules.N.minimum <= n <= rules.N.maximum:
+        raise InvalidInput(f"N (the length of 'seed') must be {rules.N.minimum}..{rules.N.maximum}, got {n}")
     if any(tensor.shape[0] != n for tensor in tensors.values()):
         raise InvalidInput(f"every input must have the same length N = {n} (one row per image)")
     return tensors
@@ -278,26 +280,16 @@ def prompt_text(element: bytes) -> str | None:
         raise InvalidInput("input 'prompt': elements must be UTF-8 text") from None
 
 
-async def infer(atelier: Atelier, request: InferRequest, route: str, protocol: str,
+async def infer(core: ServingCore, request: InferRequest, route: str, protocol: str,
                 disconnected: Callable[[], Awaitable[None]] | None = None) -> InferResponse:
     """Run every row concurrently, so they share Engine batches with each other and with every
     other request in the process; `disconnected`, when given, cancels the rows if it completes first."""
-    version = served_version(atelier.engine, request.model, request.version)
+    version = served_version(core, request.model, request.version)
     unknown = [name for name in request.outputs if name != "image"]
     if unknown:
         raise InvalidInput(f"model {request.model!r} has no output {unknown[0]!r}; outputs: image")
-    async with atelier.admitted(route, request.model, protocol):
-        rows = generate_requests(request, atelier.engine.manifest("dcgan")["classes"])
-        work = run_rows(atelier, rows)
-        generated = await (pipelines.run_cancellable(work, disconnected()) if disconnected else work)
+    async with core.admitted(route, request.model, protocol):
+        work = generate_rows(core, generate_requests(core, request))
+        generated = await (cancel_on(disconnected(), work) if disconnected else work)
     images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8
     return InferResponse(request.model, version, request.id, (Tensor("image", "UINT8", images.shape, images.ravel()),))
-
-
-async def run_rows(atelier: Atelier, rows: list[pipelines.GenerateRequest]) -> list[pipelines.Generated]:
-    tasks = [asyncio.ensure_future(atelier.run(row)) for row in rows]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:  # a failed row (or a cancelled request) stops its siblings' remaining steps
-            task.cancel()

@@ -18,17 +18,15 @@ import functools
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 
-from service import logs, oip
+from service import logs
 from service.errors import AtelierError, InvalidInput, grpc_code, public_message
 from service.protos import grpc_service_pb2 as pb
 from service.protos import grpc_service_pb2_grpc as pb_grpc
-
-if TYPE_CHECKING:
-    from service.api import Atelier
+from service.server import ServingCore
+from service.transports import oip
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("atelier.access")
@@ -80,8 +78,8 @@ def answers_with_status(method):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, atelier: Atelier, server_version: str):
-        self.atelier = atelier
+    def __init__(self, core: ServingCore, server_version: str):
+        self.core = core
         self.server_version = server_version
 
     @answers_with_status
@@ -90,11 +88,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @answers_with_status
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.atelier.ready)
+        return pb.ServerReadyResponse(ready=self.core.ready)
 
     @answers_with_status
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=oip.model_ready(self.atelier, request.name, request.version))
+        return pb.ModelReadyResponse(ready=oip.model_ready(self.core, request.name, request.version))
 
     @answers_with_status
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
@@ -102,7 +100,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @answers_with_status
     async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
-        metadata = oip.model_metadata(self.atelier.engine, request.name, request.version)
+        metadata = oip.model_metadata(self.core, request.name, request.version)
         tensors = [[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
                     for s in specs] for specs in (metadata.inputs, metadata.outputs)]
         return pb.ModelMetadataResponse(name=metadata.name, versions=metadata.versions, platform=metadata.platform,
@@ -110,8 +108,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @answers_with_status
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        # a client that goes away cancels this task, and oip.run_rows cancels its rows' remaining steps
-        answer = await oip.infer(self.atelier, decode_request(request), ROUTE, "oip_grpc")
+        # a client that goes away cancels this task, and server.generate_rows cancels its rows' remaining steps
+        answer = await oip.infer(self.core, decode_request(request), ROUTE, "oip_grpc")
         response = pb.ModelInferResponse(model_name=answer.model, model_version=answer.version, id=answer.id)
         for tensor in answer.outputs:
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
@@ -169,15 +167,15 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key")
 
 
-async def start(atelier: Atelier, server_version: str) -> grpc.aio.Server:
+async def start(core: ServingCore, server_version: str) -> grpc.aio.Server:
     """Serve on config.grpc_port, all interfaces, in the running (HTTP server's) event loop."""
-    api_key = atelier.config.api_key
+    api_key = core.config.api_key
     server = grpc.aio.server(interceptors=[BearerTokenInterceptor(api_key)] if api_key else [],
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(atelier, server_version), server)
-    server.add_insecure_port(f"[::]:{atelier.config.grpc_port}")
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core, server_version), server)
+    server.add_insecure_port(f"[::]:{core.config.grpc_port}")
     await server.start()
-    log.info("OIP gRPC serving on port %d", atelier.config.grpc_port)
+    log.info("OIP gRPC serving on port %d", core.config.grpc_port)
     return server
 
 

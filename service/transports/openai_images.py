@@ -7,7 +7,7 @@
 Bodies are OpenAI's (prompt, model, n, size, response_format `b64_json`) plus Atelier's extras as
 extra fields (seed, steps, guidance, sampler, eta, class, and strength for edits and variations);
 they decode into the same `pipelines.GenerateRequest` as `/v1/generate` and run through
-`Atelier.run`, so a seed gives the same image on both. Answers and errors have OpenAI's shapes:
+`ServingCore.generate`, so a seed gives the same image on both. Answers and errors have OpenAI's shapes:
 `{"created", "data": [{"b64_json"}]}` and `{"error": {"message", "type", "param", "code"}}`.
 
     .venv/bin/python -c "import openai; c = openai.OpenAI(base_url='http://localhost:3000/v1', \
@@ -16,19 +16,21 @@ api_key='unused'); print(c.images.generate(prompt='a red heart', model='diffusio
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from service import pipelines, uploads
+from service import pipelines, rules, uploads
 from service.errors import AtelierError, InvalidInput
+from service.transports.bodies import GenerationSettings, Prompt, bounded, parse
+from service.transports.context import client_gone, core_of, error_status_and_headers
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images API"])
 
@@ -37,29 +39,20 @@ IMG2IMG_STRENGTH = 0.6  # edits without a mask and variations: keep the layout, 
 MAX_FORM_FIELDS = 32
 
 
-class ImageGenerationBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    prompt: Annotated[str, Field(min_length=1, max_length=pipelines.MAX_PROMPT_CHARS)]
-    model: Annotated[str, Field(max_length=64, description="dcgan, vae, gmm or diffusion")] = "diffusion"
-    n: Annotated[int, Field(ge=1, le=pipelines.MAX_IMAGES)] = 1
+class ImageGenerationBody(GenerationSettings):
+    prompt: Prompt
     size: Literal["32x32", "auto"] = SIZE
     response_format: Literal["b64_json"] = "b64_json"  # no "url": Atelier hosts no files
     output_format: Literal["png"] = "png"
     user: str | None = None  # OpenAI's end-user id; accepted and not used
-    # Atelier's extras, as in /v1/generate
-    seed: Annotated[int | None, Field(ge=0, lt=pipelines.SEED_LIMIT, description="random when absent")] = None
-    steps: Annotated[int, Field(ge=1, le=pipelines.MAX_STEPS)] = 30
-    guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 3.0
-    sampler: Literal["dpmpp_2m", "euler", "ddim", "ddpm"] = "dpmpp_2m"
-    eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    class_: Annotated[int | None, Field(alias="class", ge=0, description="emoji group 0..8")] = None
+    # Atelier's extras beyond the shared settings, as in /v1/generate
+    class_: Annotated[int | None, Field(alias="class", ge=0, description="the model's class id")] = None
 
 
 class ImageEditForm(ImageGenerationBody):
     """The non-file fields of an edit; `image` and `mask` are the multipart files."""
 
-    strength: Annotated[float | None, Field(ge=0.0, le=1.0, description="1 with a mask, 0.6 without")] = None
+    strength: Annotated[float | None, bounded(rules.STRENGTH)] = None  # None: 1 with a mask, 0.6 without
 
 
 class ImageVariationForm(ImageEditForm):
@@ -106,24 +99,20 @@ async def image_variations(request: Request) -> JSONResponse:
 
 async def answer(request: Request, route: str, plain_request) -> JSONResponse:
     """Decode, validate, admit, run and encode: the path all three routes share."""
-    atelier = request.app.state.atelier
+    core = core_of(request)
     try:
         plain = await plain_request()
-        pipelines.validate(plain, atelier.engine.manifest("dcgan")["classes"])  # 404 before a metrics label
-        async with atelier.admitted(route, plain.model, "openai"):
-            generated = await atelier.run(plain, request)
+        core.check(plain)  # a 404 before the model's name becomes a metrics label
+        async with core.admitted(route, plain.model, "openai"):
+            generated = await core.generate(plain, lambda: client_gone(request))
     except AtelierError as error:
-        return await openai_error(request, error)
-    images = atelier.encode_images(generated, "png")
-    return JSONResponse({"created": int(time.time()), "data": [{"b64_json": image.png_base64} for image in images],
-                         "output_format": "png", "size": SIZE})
+        return openai_error(error)
+    data = [{"b64_json": base64.b64encode(image.data).decode()} for image in core.encode(generated)]
+    return JSONResponse({"created": int(time.time()), "data": data, "output_format": "png", "size": SIZE})
 
 
 def to_plain(body: ImageGenerationBody, **edit) -> pipelines.GenerateRequest:
-    seed = body.seed if body.seed is not None else int(np.random.default_rng().integers(2**31))
-    return pipelines.GenerateRequest(model=body.model, n=body.n, seed=seed, class_id=body.class_, prompt=body.prompt,
-                                     steps=body.steps, guidance=body.guidance, sampler=body.sampler, eta=body.eta,
-                                     **edit)
+    return body.to_request(body.class_, body.prompt, **edit)
 
 
 async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
@@ -151,21 +140,10 @@ async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dic
     return fields, files
 
 
-def parse(model: type[BaseModel], raw: bytes | dict):
-    try:
-        return model.model_validate_json(raw) if isinstance(raw, bytes) else model.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
-        raise InvalidInput(f"invalid request: {problems}") from None
-
-
-async def openai_error(request: Request, error: AtelierError) -> JSONResponse:
-    """OpenAI's error body. Status and Retry-After come from the app's AtelierError handler (api.py),
-    so they are decided in one place for every route."""
-    answered = await request.app.exception_handlers[AtelierError](request, error)
-    status = answered.status_code
+def openai_error(error: AtelierError) -> JSONResponse:
+    """OpenAI's error body, with the status and Retry-After every route gets (errors.py's table)."""
+    status, headers = error_status_and_headers(error)
     kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
     code = "model_not_found" if status == 404 else None
-    retry_after = {"Retry-After": answered.headers["Retry-After"]} if "Retry-After" in answered.headers else None
     return JSONResponse({"error": {"message": str(error), "type": kind, "param": None, "code": code}},
-                        status_code=status, headers=retry_after)
+                        status_code=status, headers=headers)

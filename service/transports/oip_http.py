@@ -5,7 +5,7 @@ the answer. Binary tensor data extension (what tritonclient sends by default): t
 JSON header (`Inference-Header-Content-Length` bytes) followed by each binary input's bytes in
 input order, each input naming its size in `parameters.binary_data_size`; an output is returned
 binary when its `parameters.binary_data` (or the request's `binary_data_output`) is true. Errors
-are AtelierErrors, which api.py's handler answers as the protocol's `{"error": "..."}`.
+are AtelierErrors, which the app's handler (context.py) answers as the protocol's `{"error": "..."}`.
 
     curl -s localhost:3000/v2/models/dcgan/infer -H 'content-type: application/json' \
          -d '{"inputs": [{"name": "seed", "shape": [1], "datatype": "INT64", "data": [7]}]}'
@@ -20,14 +20,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from service import oip
-from service.errors import InvalidInput
+from service.errors import InvalidInput, invalid_request
+from service.transports import oip
+from service.transports.context import client_gone, core_of
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 ROUTE = "/v2/models/{model}/infer"  # the metrics label: templated, so model names cannot explode it
 # 16 rows of 500-character prompts fit in ~10 kB; anything near 1 MiB is not a generation request.
-# The app (api.py) answers 413 past it, from Content-Length before reading the body.
+# The app (http_app.py) answers 413 past it, from Content-Length before reading the body.
 MAX_BODY_BYTES = 1 << 20
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -69,14 +70,14 @@ async def server_live() -> dict:
 
 @router.get("/health/ready")
 async def server_ready(request: Request) -> JSONResponse:
-    ready = request.app.state.atelier.ready
+    ready = core_of(request).ready
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 @router.get("/models/{model}")
 @router.get("/models/{model}/versions/{version}")
 async def model_metadata(request: Request, model: str, version: str = "") -> dict:
-    metadata = oip.model_metadata(request.app.state.atelier.engine, model, version)
+    metadata = oip.model_metadata(core_of(request), model, version)
     return {"name": metadata.name, "versions": list(metadata.versions), "platform": metadata.platform,
             "inputs": [tensor_metadata(spec) for spec in metadata.inputs],
             "outputs": [tensor_metadata(spec) for spec in metadata.outputs],
@@ -91,20 +92,18 @@ def tensor_metadata(spec: oip.TensorSpec) -> dict:
 @router.get("/models/{model}/ready")
 @router.get("/models/{model}/versions/{version}/ready")
 async def model_ready(request: Request, model: str, version: str = "") -> JSONResponse:
-    ready = oip.model_ready(request.app.state.atelier, model, version)
+    ready = oip.model_ready(core_of(request), model, version)
     return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
 
 @router.post("/models/{model}/infer")
 @router.post("/models/{model}/versions/{version}/infer")
 async def infer(request: Request, model: str, version: str = "") -> Response:
-    from service.api import client_gone  # api.py includes this router, so importing it at the top is circular
-
     body, binary = split_body(await read_body(request), request.headers.get(HEADER_LENGTH))
     plain = oip.InferRequest(model=model, version=version, id=body.id, inputs=decode_inputs(body.inputs, binary),
                              parameters={k: v for k, v in body.parameters.items() if k != "binary_data_output"},
                              outputs=tuple(output.name for output in body.outputs))
-    answer = await oip.infer(request.app.state.atelier, plain, ROUTE, "oip_http",
+    answer = await oip.infer(core_of(request), plain, ROUTE, "oip_http",
                              disconnected=lambda: client_gone(request))
     return encode_response(answer, body)
 
@@ -113,7 +112,7 @@ async def read_body(request: Request) -> bytes:
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise InvalidInput(f"Content-Encoding {encoding!r} is not supported; send the request uncompressed")
-    return await request.body()  # bounded by the app's max_body_size (api.py): 413 past MAX_BODY_BYTES
+    return await request.body()  # bounded by the app's max_body_size (http_app.py): 413 past MAX_BODY_BYTES
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[InferBody, bytes]:
@@ -127,8 +126,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[InferBody, bytes
     try:
         return InferBody.model_validate_json(body[:length]), body[length:]
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
-        raise InvalidInput(f"invalid inference request: {problems}") from None
+        raise invalid_request(error.errors(), "inference request") from None
 
 
 def decode_inputs(inputs: list[InputBody], binary: bytes) -> tuple[oip.Tensor, ...]:

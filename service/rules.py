@@ -1,0 +1,58 @@
+"""The request rules, once: model and sampler names, and every bound and default a client meets.
+
+Every face of the API derives from this table: the JSON API's and the OpenAI routes' pydantic
+bodies (`transports/bodies.py`), the OIP parameter table (`transports/oip.py`) and
+`pipelines.validate`, which checks every plain request whatever transport it came by. A bound
+changed here changes the OpenAPI schema, the OIP metadata and the check together.
+
+    .venv/bin/python -c "from service import rules; print(rules.STEPS, rules.SAMPLERS)"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import InvalidInput
+
+# The image models a client may name (the text encoder is an internal function, not a model to call).
+MODELS = ("dcgan", "vae", "gmm", "diffusion")
+# Sampler names, in the order the docs list them; samplers.SAMPLERS implements exactly these.
+SAMPLERS = ("dpmpp_2m", "euler", "ddim", "ddpm")
+DEFAULT_MODEL = "diffusion"
+DEFAULT_SAMPLER = "dpmpp_2m"  # the best images in few steps on the committed denoiser (docs/MODELS.md)
+MAX_MODEL_NAME_CHARS = 64
+MAX_PROMPT_CHARS = 500  # MiniLM truncates at 128 tokens; 500 characters leaves room for long themes
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric request field: inclusive bounds, the default a client gets, and what it means."""
+
+    name: str
+    minimum: int | float
+    maximum: int | float
+    default: int | float | None
+    description: str
+
+    def check(self, value: int | float) -> None:
+        if not self.minimum <= value <= self.maximum:
+            raise InvalidInput(f"{self.name} must be between {self.minimum:g} and {self.maximum:g}, got {value!r}")
+
+
+N = Bound("n", 1, 16, 1, "images in the request")
+# seed + i is image i's seed and must stay a valid int64 for every image of the largest request
+SEED = Bound("seed", 0, 2**63 - 1 - N.maximum, None, "image i uses seed + i; random when absent")
+STEPS = Bound("steps", 1, 250, 30, "sampler steps (diffusion)")
+GUIDANCE = Bound("guidance", 0.0, 20.0, 3.0, "classifier-free guidance scale (diffusion)")
+ETA = Bound("eta", 0.0, 1.0, 0.0, "DDIM stochasticity (diffusion)")
+STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "fraction of the schedule redrawn from an input image (SDEdit)")
+
+
+def check_prompt(prompt: str) -> None:
+    if not 0 < len(prompt) <= MAX_PROMPT_CHARS:
+        raise InvalidInput(f"prompt must be 1..{MAX_PROMPT_CHARS} characters, got {len(prompt)}")
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise InvalidInput(f"unknown sampler {sampler!r}; available: {', '.join(SAMPLERS)}")

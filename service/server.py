@@ -1,0 +1,206 @@
+"""The application core every transport calls: admission, the one request path, drain, and encoding
+with provenance. It knows no wire format: transports (`service/transports/`) decode into a plain
+`pipelines.GenerateRequest`, call `ServingCore.generate` inside `ServingCore.admitted`, and encode
+what comes back; the composition root (`api.py`) builds one core per worker and wires it to them.
+
+    .venv/bin/python -m pytest tests/test_api.py tests/test_reliability.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from service import metrics, pipelines, rules
+from service.config import Config
+from service.engine import Engine
+from service.errors import ClientDisconnected, InvalidInput, ModelNotFound, NotReady, Overloaded, RequestTimeout, \
+    http_status
+from service.registry import Registry
+
+log = logging.getLogger("atelier")
+
+ImageFormat = Literal["png", "raw"]
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    seed: int
+    class_id: int | None
+    shape: tuple[int, ...]  # (height, width, 3)
+    format: ImageFormat
+    data: bytes  # a PNG file with provenance chunks, or raw uint8 RGB, row-major
+
+
+class ServingCore:
+    def __init__(self, config: Config, registry: Registry, engine: Engine):
+        self.config = config
+        self.registry = registry
+        self.engine = engine
+        self.ready = False  # True once warmed up; False again while draining
+        self.inflight = 0
+        self.inflight_tasks: set[asyncio.Task] = set()
+        self.draining = self.drain_expired = False
+
+    # --- admission ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, route: str, model: str, protocol: str) -> AsyncIterator[None]:
+        """Admission control and the request metrics every route shares."""
+        # the label is the client's model name only when it names a model: a label per unknown name
+        # would let any client grow the metrics without bound (seen when fuzzing)
+        model = model if model in rules.MODELS else "unknown"
+        if not self.ready:
+            raise NotReady("models are loading or the server is draining; retry shortly")
+        if self.inflight >= self.config.max_inflight:
+            metrics.REQUESTS.labels(route, model, "429", protocol).inc()
+            raise Overloaded(f"{self.inflight} requests in flight (limit {self.config.max_inflight}); retry later")
+        self.inflight += 1
+        metrics.INFLIGHT.inc()
+        task = asyncio.current_task()
+        self.inflight_tasks.add(task)
+        started, status = time.perf_counter(), "200"
+        try:
+            yield
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) and self.drain_expired:
+                status = "503"
+                raise NotReady(f"the server shut down before this request finished "
+                               f"(drain limit {self.config.drain_seconds:g} s); retry") from None
+            status = str(http_status(error))
+            raise
+        finally:
+            self.inflight_tasks.discard(task)
+            self.inflight -= 1
+            metrics.INFLIGHT.dec()
+            metrics.REQUESTS.labels(route, model, status, protocol).inc()
+            metrics.REQUEST_SECONDS.labels(route, model, protocol).observe(time.perf_counter() - started)
+
+    # --- the request path --------------------------------------------------------------------------
+
+    def check(self, request: pipelines.GenerateRequest) -> None:
+        """The shared request rules, with the requested model's own classes (ModelNotFound first)."""
+        pipelines.validate(self.engine, request)
+
+    def class_id(self, model: str, value: int | str | None) -> int | None:
+        """A client's class, by id or by one of the model's class names (case-insensitive)."""
+        if value is None or isinstance(value, int):
+            return value
+        if model not in rules.MODELS:
+            raise ModelNotFound(f"unknown model {model!r}; available: {', '.join(rules.MODELS)}")
+        classes = self.registry.manifest(model).classes
+        lowered = [name.lower() for name in classes]
+        if value.lower() in lowered:
+            return lowered.index(value.lower())
+        if value.isascii() and value.isdigit():  # "3"; not "³", which isdigit() accepts and int() refuses
+            return int(value)
+        raise InvalidInput(f"unknown class {value!r}; classes are 0..{len(classes) - 1} or {list(classes)}")
+
+    async def generate(self, request: pipelines.GenerateRequest,
+                       disconnected: Callable[[], Awaitable[None]] | None = None) -> pipelines.Generated:
+        """The one code path of every transport, inside `admitted`: validate, run the pipeline under the
+        request timeout, and cancel its remaining steps if `disconnected` completes first."""
+        self.check(request)
+        work = pipelines.generate(self.engine, request)
+        try:
+            async with asyncio.timeout(self.config.request_timeout_seconds):
+                generated = await (cancel_on(disconnected(), work) if disconnected is not None else work)
+        except TimeoutError:
+            raise RequestTimeout(f"the request took longer than {self.config.request_timeout_seconds:g} s; "
+                                 "its remaining steps were cancelled") from None
+        metrics.IMAGES.labels(request.model).inc(len(generated.images))
+        return generated
+
+    # --- encoding with provenance ------------------------------------------------------------------
+
+    def provenance(self, model: str) -> dict[str, str]:
+        manifest = self.registry.manifest(model)
+        return {"Software": "Atelier", "data_source": manifest.data_source, "license": manifest.license}
+
+    def encode(self, generated: pipelines.Generated, image_format: ImageFormat = "png") -> list[EncodedImage]:
+        provenance = self.provenance(generated.model)
+        return [EncodedImage(seed, class_id, image.shape, image_format,
+                             png_bytes(image, generated, seed, provenance) if image_format == "png"
+                             else image.tobytes())
+                for image, seed, class_id in zip(generated.images, generated.seeds, generated.class_ids)]
+
+    def describe_models(self) -> dict:
+        """Manifests, the execution provider each model runs on, batching settings and live stats."""
+        described = self.registry.describe()
+        return {"models": [{**model.manifest.raw, **described[name]} for name, model in self.registry.models.items()],
+                "batching": {"max_batch": self.config.max_batch, "gather_ms": self.config.gather_ms,
+                             "diffusion": self.config.diffusion_batching},
+                "engine": self.engine.stats()}
+
+    # --- drain -------------------------------------------------------------------------------------
+
+    def start_draining(self, exit_server: Callable[[], None]) -> None:
+        if not self.draining:  # `bentoml serve` forwards SIGTERM, and a process-group kill sends another
+            self.draining, self.ready = True, False
+            self.drain_task = asyncio.get_running_loop().create_task(self.drain(exit_server))
+
+    async def drain(self, exit_server: Callable[[], None]) -> None:
+        """Not ready, new requests 503 + Retry-After (the socket still answers), in-flight ones get up to
+        drain_seconds; then the stragglers end as 503s and `exit_server` (uvicorn's own graceful
+        shutdown) runs."""
+        started = time.monotonic()
+        log.info("SIGTERM: draining", extra={"inflight": self.inflight, "drain_seconds": self.config.drain_seconds})
+        while self.inflight and time.monotonic() - started < self.config.drain_seconds:
+            await asyncio.sleep(0.05)
+        self.drain_expired = bool(self.inflight_tasks)
+        for task in self.inflight_tasks:
+            task.cancel()
+        log.info("drained", extra={"seconds": round(time.monotonic() - started, 3),
+                                   "cancelled": len(self.inflight_tasks)})
+        exit_server()
+
+
+async def cancel_on(disconnected: Awaitable[None], work: Awaitable):
+    """`work`'s result, unless `disconnected` (completes when the client goes away) finishes first:
+    then `work` is cancelled, so its queued rows leave the batchers, and ClientDisconnected is raised."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected)
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise ClientDisconnected("client disconnected; remaining steps cancelled")
+        return task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+def png_bytes(image: np.ndarray, generated: pipelines.Generated, seed: int, provenance: dict[str, str]) -> bytes:
+    """A PNG whose text chunks say what made it: model, version, seed, parameters, AI-generated."""
+    info = PngInfo()
+    for key, value in {**provenance, "model": generated.model, "version": generated.version, "seed": str(seed),
+                       "parameters": json.dumps(generated.parameters, sort_keys=True),
+                       "ai_generated": "true"}.items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+async def generate_rows(core: ServingCore, rows: Sequence[pipelines.GenerateRequest]) -> list[pipelines.Generated]:
+    """Several requests as one (OIP: a row per image), run concurrently so they share batches; a failed
+    row, or the caller's cancellation, stops its siblings' remaining steps."""
+    tasks = [asyncio.ensure_future(core.generate(row)) for row in rows]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()

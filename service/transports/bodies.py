@@ -1,0 +1,57 @@
+"""Pydantic request bodies, derived from the one table of request rules (service/rules.py).
+
+Only the edge parses with pydantic; what it yields becomes a plain `pipelines.GenerateRequest`.
+The JSON API and the OpenAI routes share `GenerationSettings`, so a setting has one name, one
+bound and one default on both, and a seed gives the same image on both.
+
+    .venv/bin/python -c "from service.transports.bodies import GenerationSettings as G; \
+print(G.model_json_schema()['properties']['steps'])"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service import pipelines, rules
+from service.errors import invalid_request
+
+SamplerName = Literal[rules.SAMPLERS]
+
+
+def bounded(bound: rules.Bound, kind: Callable[..., Any] = Field) -> Any:
+    """A pydantic Field (or FastAPI `Query`) carrying the rule's bounds and description."""
+    return kind(ge=bound.minimum, le=bound.maximum, description=bound.description)
+
+
+ModelName = Annotated[str, Field(max_length=rules.MAX_MODEL_NAME_CHARS, description=", ".join(rules.MODELS))]
+Prompt = Annotated[str, Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)]
+
+
+class GenerationSettings(BaseModel):
+    """The settings every generating route takes (JSON API, OpenAI routes' extras)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: ModelName = rules.DEFAULT_MODEL
+    n: Annotated[int, bounded(rules.N)] = rules.N.default
+    seed: Annotated[int | None, bounded(rules.SEED)] = rules.SEED.default
+    steps: Annotated[int, bounded(rules.STEPS)] = rules.STEPS.default
+    guidance: Annotated[float, bounded(rules.GUIDANCE)] = rules.GUIDANCE.default
+    sampler: SamplerName = rules.DEFAULT_SAMPLER
+    eta: Annotated[float, bounded(rules.ETA)] = rules.ETA.default
+
+    def to_request(self, class_id: int | None, prompt: str | None, **edit: Any) -> pipelines.GenerateRequest:
+        return pipelines.GenerateRequest(model=self.model, n=self.n, seed=self.seed, class_id=class_id, prompt=prompt,
+                                         steps=self.steps, guidance=self.guidance, sampler=self.sampler, eta=self.eta,
+                                         **edit)
+
+
+def parse(model: type[BaseModel], raw: bytes | dict, what: str = "request"):
+    """A body parsed by its pydantic model; a schema failure is InvalidInput (400) naming each field."""
+    try:
+        return model.model_validate_json(raw) if isinstance(raw, bytes) else model.model_validate(raw)
+    except ValidationError as error:
+        raise invalid_request(error.errors(), what) from None
