@@ -39,7 +39,7 @@ SHAPES = ("steady", "ramp", "spike")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("url", nargs="?", help="the service's HTTP base URL, e.g. http://127.0.0.1:3000")
+    parser.add_argument("url", nargs="?", help="the service's HTTP base URL: scheme, host and port")
     parser.add_argument("--check", metavar="CSV_PREFIX", help="only gate an earlier run's CSVs (no load)")
     load = parser.add_argument_group("load")
     load.add_argument("--shape", choices=SHAPES, default="steady",
