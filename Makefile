@@ -46,3 +46,18 @@ bench-steps: setup
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# Kubernetes (k8s/, docs/DEPLOY.md). checkov pins packages this project pins differently (packaging,
+# networkx, python-dateutil), so it lives in a venv of its own under .cache/, made on first use.
+CHECKOV_VENV := .cache/checkov-venv
+$(CHECKOV_VENV)/bin/checkov:
+	python3.11 -m venv $(CHECKOV_VENV) || python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q "pip==25.3" "checkov==3.3.30"
+
+.PHONY: k8s-check capacity
+k8s-check: setup $(CHECKOV_VENV)/bin/checkov
+	ATELIER_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -q tests/test_k8s.py tests/test_bentofile.py
+
+# The capacity simulation at full scale: docs/deploy/capacity.{json,md,png}
+capacity: setup
+	$(PY) -m bench.capacity --scale full --out docs/deploy
