@@ -61,3 +61,10 @@ k8s-check: setup $(CHECKOV_VENV)/bin/checkov
 # The capacity simulation at full scale: docs/deploy/capacity.{json,md,png}
 capacity: setup
 	$(PY) -m bench.capacity --scale full --out docs/deploy
+
+# Load-test a served Atelier, local or a cluster (loadtests/, docs/LOADTESTS.md); exits non-zero on an SLO miss:
+#   make loadtest URL=https://atelier.example.com LOADTEST_ARGS="--shape spike --users 4 --run-time 5m"
+URL ?= http://127.0.0.1:$(PORT)
+.PHONY: loadtest
+loadtest: setup
+	$(PY) -m loadtests.run $(URL) $(LOADTEST_ARGS)
