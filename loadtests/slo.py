@@ -12,7 +12,6 @@ refusals (see locustfile.py); they count apart from errors and from the admitted
 from __future__ import annotations
 
 import csv
-import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ SERVER_ERROR = re.compile(r"HTTP (5\d\d|0)\b|gRPC (INTERNAL|UNKNOWN|UNAVAILABLE|
 
 @dataclass(frozen=True)
 class LatencyTarget:
-    pattern: str  # fnmatch pattern over "<protocol> <name>", e.g. "json /v1/generate dcgan*"
+    pattern: str  # over "<protocol> <name>", `*` matching anything: "json /v1/generate dcgan*", "* [batch]*"
     p95_s: float
     p99_s: float
 
@@ -139,7 +138,7 @@ def evaluate(run: RunStats, profile: Profile) -> list[Check]:
     """Every check of `profile` on `run`, passed or not, in table order: per route, then the whole run."""
     checks = []
     for route in run.routes:
-        target = next((t for t in profile.latency if fnmatch.fnmatchcase(route.route, t.pattern)), None)
+        target = next((t for t in profile.latency if matches(route.route, t.pattern)), None)
         if target and route.requests:
             checks += [Check(route.route, "p95 latency", f"{route.p95_s:.2f} s", f"<= {target.p95_s:.2f} s",
                              route.p95_s <= target.p95_s),
@@ -160,6 +159,11 @@ def evaluate(run: RunStats, profile: Profile) -> list[Check]:
         checks.append(Check("all routes", "refused ratio (load past capacity)", f"{share:.3f}",
                             f">= {profile.refused_ratio_min:.3f}", share >= profile.refused_ratio_min))
     return checks
+
+
+def matches(route: str, pattern: str) -> bool:
+    """`*` matches any text; everything else, brackets included, only itself (routes hold "[batch]")."""
+    return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), route) is not None
 
 
 def ratio_check(route: str, figure: str, part: int, whole: int, limit: float) -> Check:
