@@ -49,8 +49,9 @@ class ReportingInterceptor(grpc.UnaryUnaryClientInterceptor):
                 name += REFUSED_SUFFIX
             else:
                 exception = RuntimeError(f"gRPC {error.code().name}: {(error.details() or '')[:160]}")
-        self.request_event.fire(request_type=PROTOCOL, name=name, response_time=(time.perf_counter() - started) * 1000,
-                                response_length=length, response=None, context={}, exception=exception)
+        self.request_event.fire(request_type=PROTOCOL, name=name, response_length=length, response=None,
+                                response_time=(time.perf_counter() - started) * 1000, context={},
+                                exception=exception)
         return call
 
 
@@ -84,11 +85,12 @@ def open_channel(http_url: str, grpc_port: int, request_event) -> grpc.Channel:
     return grpc.intercept_channel(channel, ReportingInterceptor(request_event))
 
 
-def infer_request(model: str, seeds: list[int], prompts: list[str], parameters: dict) -> service_pb2.ModelInferRequest:
+def infer_request(model: str, seeds: list[int], prompts: list[str],
+                  parameters: dict) -> service_pb2.ModelInferRequest:
     """A ModelInfer request with raw tensor contents, as tritonclient sends them: `seed` INT64 [N] and,
     when given, `prompt` BYTES [N] (each element a 4-byte little-endian length, then the UTF-8 bytes)."""
     request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="seed", datatype="INT64", shape=[len(seeds)])  # raw contents follow inputs in order
+    request.inputs.add(name="seed", datatype="INT64", shape=[len(seeds)])  # raw contents: inputs' order
     request.raw_input_contents.append(b"".join(s.to_bytes(8, "little") for s in seeds))
     if prompts:
         request.inputs.add(name="prompt", datatype="BYTES", shape=[len(prompts)])

@@ -16,9 +16,10 @@ failure whose message starts with its status. With
 `--atelier-priority on`, every request carries Atelier's `priority` (BatchUser `batch`, the others
 `interactive`) and its row name ends in `[<priority>]`.
 
-Options (each also an environment variable): `--atelier-mix gan=2,diffusion=3,...` (user weights, 0 drops
-one), `--atelier-steps 10,20,30`, `--atelier-pace R` (every user runs R tasks per second, Locust's
-`constant_throughput`, instead of its think time: arrival-rate tests), `--atelier-priority on|off`,
+Options (each also an environment variable): `--atelier-mix gan=2,diffusion=3,...` (the users to run
+and their weights; without it, every user at its class's weight), `--atelier-steps 10,20,30`,
+`--atelier-pace R` (every user runs R tasks per second, Locust's `constant_throughput`, instead of its
+think time: arrival-rate tests), `--atelier-priority on|off`,
 `--atelier-grpc-port 8001`, `--atelier-api-key KEY`. `--tags` / `--exclude-tags` pick protocols.
 `loadtests/run.py` runs this file headless and gates the result on loadtests/slo.yaml:
 
@@ -49,12 +50,14 @@ HTTP_TIMEOUT_S = 120.0  # beyond the service's own 60 s request timeout, so its 
 @events.init_command_line_parser.add_listener
 def add_atelier_options(parser) -> None:
     parser.add_argument("--atelier-mix", default="", env_var="ATELIER_LOADTEST_MIX",
-                        help="user weights, e.g. gan=2,diffusion=3,openai=2,oip-http=1,oip-grpc=1,batch=1")
+                        help="the users to run and their weights, e.g. "
+                             "gan=2,diffusion=3,openai=2,oip-http=1,oip-grpc=1,batch=1")
     parser.add_argument("--atelier-steps", default="10,20,30", env_var="ATELIER_LOADTEST_STEPS",
                         help="diffusion step counts each request draws from")
     parser.add_argument("--atelier-pace", type=float, default=0.0, env_var="ATELIER_LOADTEST_PACE",
                         help="tasks per second per user (constant_throughput); 0 = think times")
-    parser.add_argument("--atelier-priority", choices=("off", "on"), default="off", env_var="ATELIER_LOADTEST_PRIORITY",
+    parser.add_argument("--atelier-priority", choices=("off", "on"), default="off",
+                        env_var="ATELIER_LOADTEST_PRIORITY",
                         help="send Atelier's priority field (interactive, batch for BatchUser)")
     parser.add_argument("--atelier-grpc-port", type=int, default=8001, env_var="ATELIER_LOADTEST_GRPC_PORT",
                         help="OIP gRPC port on the host of --host")
@@ -206,8 +209,8 @@ class OpenAIImagesUser(User):
         self.rng = random.Random()
         self.steps = workload.parse_steps(options.atelier_steps)
         self.sent_priority = "interactive" if options.atelier_priority == "on" else None
-        self.sdk = openai.OpenAI(base_url=self.host.rstrip("/") + "/v1", api_key=options.atelier_api_key or "unused",
-                                 max_retries=0, timeout=HTTP_TIMEOUT_S)
+        self.sdk = openai.OpenAI(base_url=self.host.rstrip("/") + "/v1", max_retries=0, timeout=HTTP_TIMEOUT_S,
+                                 api_key=options.atelier_api_key or "unused")
         self.image_png = red_disc_png()
 
     def on_stop(self) -> None:
@@ -233,8 +236,8 @@ class OpenAIImagesUser(User):
         try:
             raw = method(**arguments)
             length = len(raw.content)
-            got = len(raw.parse().data)
-            exception = None if got == arguments["n"] else ValueError(f"{got} images in the answer, expected {arguments['n']}")
+            got, expected = len(raw.parse().data), arguments["n"]
+            exception = None if got == expected else ValueError(f"{got} images in the answer, expected {expected}")
         except openai.APIStatusError as error:
             if error.status_code == 429 and error.response.headers.get("retry-after"):
                 name += REFUSED_SUFFIX
@@ -259,8 +262,10 @@ class OipGrpcUser(User):
         self.rng = random.Random()
         self.steps = workload.parse_steps(options.atelier_steps)
         self.priority = {"priority": "interactive"} if options.atelier_priority == "on" else {}
-        self.metadata = (("authorization", f"Bearer {options.atelier_api_key}"),) if options.atelier_api_key else ()
-        self.channel = grpc_client.open_channel(self.host, options.atelier_grpc_port, self.environment.events.request)
+        key = options.atelier_api_key
+        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        self.channel = grpc_client.open_channel(self.host, options.atelier_grpc_port,
+                                                self.environment.events.request)
         self.infer = self.channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer",
             request_serializer=grpc_client.service_pb2.ModelInferRequest.SerializeToString,
@@ -299,14 +304,16 @@ def red_disc_png(side: int = 64) -> bytes:
 
 @events.init.add_listener
 def apply_mix_and_pacing(environment, **_) -> None:
-    """Weights from --atelier-mix, pacing from --atelier-pace, and no user left without a task by --tags
+    """Users and weights from --atelier-mix, pacing from --atelier-pace, and no user left without a task by --tags
     (Locust would start it and fail on its first task)."""
     options = environment.parsed_options
     if options is None:
         return
     users = {cls.mix_name: cls for cls in environment.user_classes if getattr(cls, "mix_name", "")}
-    for name, weight in workload.parse_mix(options.atelier_mix, tuple(users)).items():
-        users[name].weight = weight
+    if options.atelier_mix:
+        mix = workload.parse_mix(options.atelier_mix, tuple(users))
+        for name, cls in users.items():
+            cls.weight = mix.get(name, 0)
     if options.atelier_pace > 0:
         for cls in users.values():
             cls.wait_time = constant_throughput(options.atelier_pace)

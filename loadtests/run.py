@@ -51,8 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     load.add_argument("--tags", nargs="*", default=[], help="only these protocols/tasks: json openai img2img "
                                                             "oip-http oip-grpc batch")
     load.add_argument("--exclude-tags", nargs="*", default=[])
-    load.add_argument("--mix", default="", help="user weights, e.g. gan=2,diffusion=3,openai=2,oip-http=1,"
-                                                "oip-grpc=1,batch=1 (0 drops a user)")
+    load.add_argument("--mix", default="", help="the users to run and their weights, e.g. gan=2,diffusion=3,"
+                                                "openai=2,oip-http=1,oip-grpc=1,batch=1 (the default)")
     load.add_argument("--steps", default="10,20,30", help="diffusion step counts requests draw from")
     load.add_argument("--pace", type=float, default=0.0,
                       help="tasks per second per user (arrival-rate test); 0 = closed loop with think times")
@@ -118,7 +118,8 @@ def write_summary(out: Path, args: argparse.Namespace, command: list[str], prior
     stats = (out / "stats_stats.csv").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout
     (out / "summary.md").write_text(
         f"# Load test {started}\n\n"
         f"- command: `python -m loadtests.run {shlex.join(sys.argv[1:])}`\n"
@@ -127,7 +128,8 @@ def write_summary(out: Path, args: argparse.Namespace, command: list[str], prior
         f"run time {args.run_time} ({seconds:.0f} s wall), priority field {'sent' if priority else 'not sent'}\n"
         f"- load generator: {cpu}, {os.cpu_count()} cores, {platform.platform()}, Python "
         f"{platform.python_version()}, locust {version('locust')}; commit {commit.strip() or 'unknown'}\n\n"
-        f"## Locust stats (stats_stats.csv; times in ms)\n\n```\n{stats}```\n\n## SLO gate\n\n```\n{table}\n```\n")
+        f"## Locust stats (stats_stats.csv; times in ms)\n\n```\n{stats}```\n\n"
+        f"## SLO gate\n\n```\n{table}\n```\n")
 
 
 def main(argv: list[str] | None = None) -> int:

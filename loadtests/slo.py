@@ -24,7 +24,8 @@ SLO_FILE = Path(__file__).resolve().parent / "slo.yaml"
 SLO_VERSION = 1
 # The server's fault, not the client's: HTTP 5xx, no answer at all (HTTP 0), and the gRPC codes that mean
 # the same (the failure messages are written by locustfile.py and grpc_client.py).
-SERVER_ERROR = re.compile(r"HTTP (5\d\d|0)\b|gRPC (INTERNAL|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED|DATA_LOSS|UNIMPLEMENTED)\b")
+SERVER_ERROR = re.compile(r"HTTP (5\d\d|0)\b"
+                          r"|gRPC (INTERNAL|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED|DATA_LOSS|UNIMPLEMENTED)\b")
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,8 @@ def evaluate(run: RunStats, profile: Profile) -> list[Check]:
                    ratio_check(route.route, "refused ratio", route.refused, route.offered, profile.refused_ratio_max)]
     offered, refused = sum(r.offered for r in run.routes), sum(r.refused for r in run.routes)
     checks += [
-        Check("all routes", "server errors (5xx, no answer)", str(run.server_errors), f"<= {profile.server_errors_max}",
-              run.server_errors <= profile.server_errors_max),
+        Check("all routes", "server errors (5xx, no answer)", str(run.server_errors),
+              f"<= {profile.server_errors_max}", run.server_errors <= profile.server_errors_max),
         Check("all routes", "errors in the load's own code", str(run.exceptions), "0", run.exceptions == 0),
         Check("all routes", "throughput (admitted, ok)", f"{run.admitted_ok_per_s:.2f} req/s",
               f">= {profile.throughput_min_rps:.2f} req/s", run.admitted_ok_per_s >= profile.throughput_min_rps),

@@ -2,7 +2,7 @@
 names their rows get in Locust's stats. Plain Python (no Locust, no gevent), so tests and `run.py` can
 import it without monkeypatching anything.
 
-    .venv/bin/python -c "import random; from loadtests import workload; print(workload.diffusion_body(random.Random(0), (10, 20)))"
+    .venv/bin/python -c "import random; from loadtests.workload import diffusion_body as d; print(d(random.Random(0), (10,)))"
 """
 
 from __future__ import annotations

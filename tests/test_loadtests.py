@@ -34,9 +34,9 @@ def run_loadtests(*args: str, timeout: float = 180) -> subprocess.CompletedProce
 def test_smoke_every_protocol_against_the_real_server_passes_its_slo(tmp_path):
     # the server's own defaults, admission included: low concurrency must see no refusal
     with AtelierServer() as server:
-        result = run_loadtests(server.url, "--grpc-port", str(server.grpc_port), "--users", "6", "--spawn-rate", "6",
-                               "--run-time", "20s", "--mix", EVERY_USER_ONCE, "--steps", "4,8", "--profile", "smoke",
-                               "--out", str(tmp_path))
+        result = run_loadtests(server.url, "--grpc-port", str(server.grpc_port), "--users", "6",
+                               "--spawn-rate", "6", "--run-time", "20s", "--mix", EVERY_USER_ONCE,
+                               "--steps", "4,8", "--profile", "smoke", "--out", str(tmp_path))
     report = result.stdout + result.stderr[-3000:]
     assert result.returncode == 0, report
     rows = list(csv.DictReader(open(tmp_path / "stats_stats.csv")))
@@ -53,11 +53,12 @@ def write_locust_csvs(prefix: Path, rows: list[dict], failures: list[tuple[str, 
     """The three CSVs Locust writes with `--csv prefix`, for the rows given (times in ms)."""
     def stats_row(row: dict) -> dict:
         count, p95, p99 = row["count"], row["p95_ms"], row["p99_ms"]
-        return {"Type": row["type"], "Name": row["name"], "Request Count": count, "Failure Count": row.get("failures", 0),
+        return {"Type": row["type"], "Name": row["name"], "Request Count": count,
+                "Failure Count": row.get("failures", 0),
                 "Median Response Time": p95 // 2, "Average Response Time": p95 / 2, "Min Response Time": 1,
                 "Max Response Time": p99, "Average Content Size": 3000, "Requests/s": count / 60, "Failures/s": 0,
-                "50%": p95 // 2, "66%": p95, "75%": p95, "80%": p95, "90%": p95, "95%": p95, "98%": p99, "99%": p99,
-                "99.9%": p99, "99.99%": p99, "100%": p99}
+                "50%": p95 // 2, "66%": p95, "75%": p95, "80%": p95, "90%": p95, "95%": p95, "98%": p99,
+                "99%": p99, "99.9%": p99, "99.99%": p99, "100%": p99}
 
     total = sum(row["count"] for row in rows)
     aggregated = {"type": "", "name": "Aggregated", "count": total, "p95_ms": 100, "p99_ms": 100,
@@ -109,7 +110,8 @@ def test_overload_gate_fails_on_a_server_error_and_on_a_load_that_was_never_shed
     failures = [("oip-grpc", "ModelInfer diffusion", "RuntimeError('gRPC UNAVAILABLE: draining')", 2)]
     run = slo.read_run(write_locust_csvs(tmp_path / "stats", failing, failures))
     missed = {(c.route, c.figure) for c in slo.evaluate(run, slo.load_profile("overload")) if not c.ok}
-    assert missed == {("oip-grpc ModelInfer diffusion", "error ratio"), ("all routes", "server errors (5xx, no answer)"),
+    assert missed == {("oip-grpc ModelInfer diffusion", "error ratio"),
+                      ("all routes", "server errors (5xx, no answer)"),
                       ("all routes", "refused ratio (load past capacity)")}
 
 

@@ -1,4 +1,7 @@
-"""The ramp shape (`loadtests.shapes.ramp`): `locust -f loadtests/locustfile.py,loadtests/shapes/ramp.py ...`."""
+"""The ramp shape, `loadtests.shapes.ramp`:
+
+    locust -f loadtests/locustfile.py,loadtests/shapes/ramp.py --run-time 60s ...
+"""
 
 from loadtests import shapes
 from loadtests.shapes.base import AtelierShape
