@@ -290,7 +290,7 @@ def test_autoscalers_scale_on_queued_work_not_utilisation():
         assert spec["fallback"]["replicas"] >= spec["minReplicaCount"] >= 2
     hpa = one(render("hpa"), "HorizontalPodAutoscaler")["spec"]
     assert [(m["type"], m["pods"]["metric"]["name"]) for m in hpa["metrics"]] == [
-        ("Pods", "atelier_pending_work_seconds"), ("Pods", "atelier_predicted_wait_seconds")]
+        ("Pods", "atelier_predicted_wait_seconds"), ("Pods", "atelier_pending_work_seconds")]
 
 
 @pytest.mark.parametrize("overlay", ("cpu", "gpu"))
