@@ -18,16 +18,14 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 import urllib.request
-from importlib.metadata import version
 from pathlib import Path
 
-from loadtests import slo
+from loadtests import report, slo
 
 log = logging.getLogger("loadtests")
 
@@ -86,7 +84,7 @@ def locust_command(args: argparse.Namespace, prefix: Path, priority: bool) -> li
                "-f", f"{HERE / 'locustfile.py'},{HERE / 'shapes' / (args.shape + '.py')}",
                "--host", args.url, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
                "--run-time", args.run_time, "--stop-timeout", "30",
-               "--csv", str(prefix), "--html", str(prefix.parent / "report.html"),
+               "--csv", str(prefix), "--csv-full-history", "--html", str(prefix.parent / "report.html"),
                "--exit-code-on-error", "0",  # failures are the gate's to judge; non-zero = Locust itself broke
                "--atelier-steps", args.steps, "--atelier-pace", str(args.pace),
                "--atelier-priority", "on" if priority else "off", "--atelier-grpc-port", str(args.grpc_port)]
@@ -112,26 +110,6 @@ def gate(prefix: Path, profile_name: str, slo_path: Path) -> tuple[bool, str]:
     return all(c.ok for c in checks), slo.render(checks, profile, run)
 
 
-def write_summary(out: Path, args: argparse.Namespace, command: list[str], priority: bool, table: str,
-                  started: str, seconds: float) -> None:
-    """summary.md: what ran, where and when, Locust's own table and the gate's, for a report to quote."""
-    stats = (out / "stats_stats.csv").read_text()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout
-    (out / "summary.md").write_text(
-        f"# Load test {started}\n\n"
-        f"- command: `python -m loadtests.run {shlex.join(sys.argv[1:])}`\n"
-        f"- Locust: `{shlex.join(command[1:])}`\n"
-        f"- target: {args.url} (gRPC port {args.grpc_port}); shape {args.shape}, {args.users} users, "
-        f"run time {args.run_time} ({seconds:.0f} s wall), priority field {'sent' if priority else 'not sent'}\n"
-        f"- load generator: {cpu}, {os.cpu_count()} cores, {platform.platform()}, Python "
-        f"{platform.python_version()}, locust {version('locust')}; commit {commit.strip() or 'unknown'}\n\n"
-        f"## Locust stats (stats_stats.csv; times in ms)\n\n```\n{stats}```\n\n"
-        f"## SLO gate\n\n```\n{table}\n```\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -153,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ok, table = gate(prefix, args.profile, args.slo)
     (out / "slo.txt").write_text(table + "\n")
-    write_summary(out, args, command, priority, table, started, time.monotonic() - began)
+    report.write_summary(out, {
+        "date": started, "command": f"`python -m loadtests.run {shlex.join(sys.argv[1:])}`",
+        "target": f"{args.url} (gRPC port {args.grpc_port}); shape {args.shape}, {args.users} users"
+                  + (f" paced at {args.pace} tasks/s each" if args.pace else ", think times")
+                  + f", run time {args.run_time} ({time.monotonic() - began:.0f} s wall), priority field "
+                  + ("sent" if priority else "not sent") + f", SLO profile {args.profile}"}, command[1:], table)
     print(table)
     log.info("reports: %s (report.html, summary.md, slo.txt, stats_*.csv)", out)
     return 0 if ok else 1
