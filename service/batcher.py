@@ -1,11 +1,19 @@
 """The continuous batcher: one per model function, many concurrent callers, one ONNX run at a time.
 
 A caller awaits `submit(inputs)` with k rows (every array batched on axis 0). One worker task per
-batcher takes everything queued, FIFO, up to `max_batch` rows, joins it into one batch, runs ONE
-`run_batch` call in a thread (onnxruntime releases the GIL, so the event loop keeps serving) and
-hands each caller its own rows back. As soon as a run ends the worker takes what queued meanwhile,
-so a caller waits behind at most one run it is not part of. Sampler loops that await one step at a
-time therefore share runs across requests: step-level continuous batching.
+batcher takes what is queued up to `max_batch` rows, joins it into one batch, runs ONE `run_batch`
+call in a thread (onnxruntime releases the GIL, so the event loop keeps serving) and hands each
+caller its own rows back. As soon as a run ends the worker takes what queued meanwhile, so a caller
+waits behind at most one run it is not part of. Sampler loops that await one step at a time
+therefore share runs across requests: step-level continuous batching.
+
+Order: a submission carries its request's `Ticket` (a context variable the application core sets
+on admission): interactive rows go before batch rows, and within a priority the queue is taken by
+request age (oldest request first, so a request's steps are not overtaken by newer ones), by least
+remaining work, or by submission time (`order`). Batch rows only fill a run up to `batch_fill`
+times the cost of its interactive rows (at least one row's cost), by the batcher's own online cost
+model (`RunCost`): on a CPU, where a run costs in proportion to its rows, that is a few rows; on an
+accelerator, whose runs cost about the same at any size, it is the whole batch.
 
 Lifecycle: the worker task starts lazily on the first `submit` in the running event loop (so the
 batcher can be built in a synchronous constructor) and is restarted by the next `submit` if it
@@ -19,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import itertools
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -38,6 +49,70 @@ Tensors = dict[str, np.ndarray]
 _RESUBMIT_TURNS = 4
 
 
+INTERACTIVE, BATCH = 0, 1  # priorities: lower runs first
+QueueOrder = Literal["age", "remaining", "arrival"]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """An admitted request as the batchers see it: its priority, when it arrived, and the rows it still
+    has to run per model function (a plan from the pipeline, counted down as its runs finish)."""
+
+    priority: int = INTERACTIVE
+    arrival: float = field(default_factory=time.perf_counter)
+    remaining_rows: dict[str, int] = field(default_factory=dict)  # function -> rows still to run
+    rows_per_run: dict[str, int] = field(default_factory=dict)  # function -> rows it submits at a time
+
+    def ran(self, function: str, rows: int) -> None:
+        if function in self.remaining_rows:
+            self.remaining_rows[function] = max(0, self.remaining_rows[function] - rows)
+
+    def remaining_runs(self, function: str) -> int:
+        """Runs it still needs of `function`: a sampler's steps cannot share a run with each other."""
+        rows = self.remaining_rows.get(function, 0)
+        return math.ceil(rows / max(1, self.rows_per_run.get(function, rows or 1)))
+
+
+# The ticket of the request the current task serves; rows submitted without one (warm-up, tests) are
+# interactive, as old as their submission.
+TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("atelier_ticket", default=None)
+
+
+class RunCost:
+    """Seconds per run as `fixed + per_row * rows`, fitted online by exponentially weighted least squares
+    over the batcher's own runs (each weight decays by `decay` per run: a memory of ~1/(1-decay) runs).
+    A small ridge pulls `fixed` toward 0, so runs of one size only (no slope to see) give the cost per
+    row at that size, which is the conservative reading."""
+
+    def __init__(self, decay: float = 0.995, ridge: float = 1e-3):
+        self.decay, self.ridge = decay, ridge
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self.fixed, self.per_row = 0.0, 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self.decay
+        self._w, self._x, self._y = d * self._w + 1.0, d * self._x + rows, d * self._y + seconds
+        self._xx, self._xy = d * self._xx + rows * rows, d * self._xy + rows * seconds
+        self.fixed, self.per_row = self._fit()
+
+    def _fit(self) -> tuple[float, float]:
+        # normal equations of  min Σ w (y - a - b x)² + λ a²,  λ = ridge · Σ w
+        a11, a12, a22 = self._w * (1.0 + self.ridge), self._x, self._xx
+        determinant = a11 * a22 - a12 * a12
+        if determinant <= 0.0:
+            return 0.0, self._y / max(self._x, 1e-12)
+        fixed = (a22 * self._y - a12 * self._xy) / determinant
+        per_row = (a11 * self._xy - a12 * self._y) / determinant
+        if per_row < 0.0:
+            return self._y / self._w, 0.0
+        if fixed < 0.0:
+            return 0.0, self._xy / self._xx
+        return fixed, per_row
+
+    def seconds(self, rows: int, runs: int = 1) -> float:
+        return runs * self.fixed + rows * self.per_row
+
+
 @dataclass(eq=False)  # identity equality: the queue holds each chunk once, and arrays do not compare
 class _Chunk:
     """At most `max_batch` rows of one submission, queued as a unit and answered by one future."""
@@ -46,7 +121,13 @@ class _Chunk:
     rows: int
     future: asyncio.Future[Tensors]
     submitted_at: float  # time.perf_counter()
+    ticket: Ticket | None
+    sequence: int  # submission order, the last tie-breaker
     queued: bool = True  # False once a run took it: a cancellation can then only drop its result
+
+    @property
+    def priority(self) -> int:
+        return self.ticket.priority if self.ticket is not None else INTERACTIVE
 
 
 class BatcherStopped(RuntimeError):
@@ -71,6 +152,8 @@ class ContinuousBatcher:
         *,
         max_batch: int,
         gather_ms: float = 0.0,
+        order: QueueOrder = "age",
+        batch_fill: float = 1.5,
         executor: concurrent.futures.Executor | None = None,
     ) -> None:
         if max_batch < 1:
@@ -80,6 +163,10 @@ class ContinuousBatcher:
         self.function = function
         self.max_batch = max_batch
         self.gather_ms = gather_ms
+        self.order = order
+        self.batch_fill = batch_fill
+        self.cost = RunCost()
+        self._sequence = itertools.count()
         self._run_batch = run_batch
         # One thread per batcher by default: runs of one function never overlap (one ORT session
         # already uses every core), while different functions (denoise, decode) may.
@@ -87,7 +174,7 @@ class ContinuousBatcher:
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"batcher-{function}"
         )
-        self._queue: deque[_Chunk] = deque()
+        self._queue: list[_Chunk] = []
         self._queued_rows = 0
         self._arrival = asyncio.Event()
         self._in_flight: list[_Chunk] = []
@@ -164,12 +251,15 @@ class ContinuousBatcher:
     def _enqueue(self, inputs: Tensors, rows: int) -> list[_Chunk]:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
+        ticket = TICKET.get()
         chunks = [
             _Chunk(
                 inputs={name: array[start : start + self.max_batch] for name, array in inputs.items()},
                 rows=min(self.max_batch, rows - start),
                 future=loop.create_future(),
                 submitted_at=now,
+                ticket=ticket,
+                sequence=next(self._sequence),
             )
             for start in range(0, rows, self.max_batch)
         ]
@@ -245,13 +335,19 @@ class ContinuousBatcher:
                 return
 
     def _take(self) -> list[_Chunk]:
-        """Pop queued chunks FIFO up to max_batch rows; stopping at the first that does not fit
-        keeps the order fair (no small late chunk jumps a large early one)."""
+        """Take queued chunks in priority-then-`order` order: interactive ones up to max_batch, then batch
+        ones up to the fill limit. Within a priority, stopping at the first chunk that does not fit keeps
+        the order fair (no small late chunk jumps a large early one)."""
+        self._queue.sort(key=self._order_key)
         chunks: list[_Chunk] = []
-        rows = 0
+        rows, limit, filling = 0, self.max_batch, False
         now = time.perf_counter()
-        while self._queue and rows + self._queue[0].rows <= self.max_batch:
-            chunk = self._queue.popleft()
+        for chunk in list(self._queue):
+            if chunk.priority != INTERACTIVE and not filling:
+                filling, limit = True, self._batch_fill_limit(rows)
+            if chunks and rows + chunk.rows > limit:  # the first chunk always runs (it is at most max_batch)
+                break
+            self._queue.remove(chunk)
             chunk.queued = False
             self._queued_rows -= chunk.rows
             if chunk.future.done():  # cancelled, and its caller has not yet run to withdraw it
@@ -262,6 +358,23 @@ class ContinuousBatcher:
             chunks.append(chunk)
         self._queue_depth.set(self._queued_rows)
         return chunks
+
+    def _order_key(self, chunk: _Chunk) -> tuple:
+        ticket = chunk.ticket
+        if self.order == "arrival" or ticket is None:
+            return chunk.priority, chunk.submitted_at, chunk.sequence
+        if self.order == "remaining":
+            return chunk.priority, ticket.remaining_rows.get(self.function, 0), ticket.arrival, chunk.sequence
+        return chunk.priority, ticket.arrival, chunk.sequence
+
+    def _batch_fill_limit(self, interactive_rows: int) -> int:
+        """Rows a run may hold once batch rows join it: its cost stays within `batch_fill` times the cost of
+        its interactive rows (of one row, when there are none, which bounds what a batch-only run makes a
+        newly arrived interactive request wait)."""
+        budget = self.batch_fill * self.cost.seconds(max(1, interactive_rows))
+        if self.cost.per_row <= 0.0:
+            return self.max_batch
+        return max(interactive_rows, min(self.max_batch, int((budget - self.cost.fixed) / self.cost.per_row)))
 
     async def _run(self, loop: asyncio.AbstractEventLoop, chunks: list[_Chunk]) -> None:
         """Join the chunks, run them as one batch in the executor, split the outputs back."""
@@ -275,8 +388,12 @@ class ContinuousBatcher:
                 )
         self.runs += 1
         self.rows += rows
+        self.cost.observe(rows, seconds)
         self._batch_rows.observe(rows)
         self._batch_seconds.observe(seconds)
+        for chunk in chunks:
+            if chunk.ticket is not None:
+                chunk.ticket.ran(self.function, chunk.rows)
         offsets = np.cumsum([chunk.rows for chunk in chunks])[:-1]
         split = {name: np.split(array, offsets) for name, array in outputs.items()}
         for index, chunk in enumerate(chunks):

@@ -39,10 +39,26 @@ class Config:
     diffusion_batching: Literal["step", "request"] = "step"
     # KServe's conventional gRPC port (HTTP stays on BentoML's 3000).
     grpc_port: int = 8001
-    # Admission control bounds queueing. Measured on 2 CPU cores (bench/overload.py, docs/RELIABILITY.md):
-    # 2 in flight already reach capacity and keep the p95 within 2x the unloaded p95 at 4x overload; 4 do
-    # not (2.9x). A GPU, whose batches cost almost nothing per row, wants far more: measure it per machine.
-    max_inflight: int = 2
+    # Admission by predicted wait: a request is admitted while the model work queued ahead of it (per
+    # function: rows x the function's measured cost per row, plus its runs' fixed cost) is predicted to
+    # take at most this long; otherwise 429 with Retry-After = that prediction. Chosen from measurement
+    # on 2 CPU cores (docs/RELIABILITY.md): above the queue a 32-user mixed diffusion load builds, so
+    # ordinary load is never refused, and well inside the request timeout.
+    max_queue_seconds: float = 8.0
+    # A safety net behind the budget, not the admission rule: it bounds memory and file descriptors if
+    # the cost model were ever wrong; on this machine the budget refuses long before it binds.
+    max_inflight: int = 1024
+    # Which queued rows of a priority run first: "age" (oldest request first: a request's steps are not
+    # overtaken by newer requests', so waits are FCFS-like and predictable), "remaining" (least remaining
+    # work first) or "arrival" (each submission in turn, the round-robin of plain continuous batching).
+    # bench/suite.py measures all three; "age" won on p95 at equal throughput (docs/PERFORMANCE.md).
+    queue_order: Literal["age", "remaining", "arrival"] = "age"
+    # Batch-priority rows fill a run while it costs at most this many times its interactive rows alone:
+    # interactive latency stays within ~2x unloaded under a batch flood (docs/PERFORMANCE.md).
+    batch_fill: float = 1.5
+    # Bench only: replace every ONNX run with a sleep of fixed + per_row * rows milliseconds (a simulated
+    # accelerator, its outputs zeros), e.g. "2.08,0.0076" fitted from docs/perf/gpu_h100.json. None serves.
+    simulated_cost_ms: tuple[float, float] | None = None
     # None = open service (local use); a key set in the environment turns on bearer-token checks.
     # Kept out of repr so the key never reaches a log line.
     api_key: str | None = field(default=None, repr=False)
@@ -135,6 +151,16 @@ def _boolean(variable: str, raw: str) -> bool:
     raise ConfigError(f"{variable} must be true/false (also 1/0, yes/no, on/off), got {raw!r}")
 
 
+def _cost_pair(variable: str, raw: str) -> tuple[float, float]:
+    try:
+        fixed, per_row = (float(part) for part in raw.split(","))
+    except ValueError:
+        fixed = per_row = math.nan
+    if not (math.isfinite(fixed) and math.isfinite(per_row) and fixed >= 0 and per_row >= 0):
+        raise ConfigError(f"{variable} must be 'fixed_ms,per_row_ms' (two numbers >= 0), got {raw!r}")
+    return fixed, per_row
+
+
 def _text(variable: str, raw: str) -> str:
     return raw
 
@@ -147,7 +173,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ATELIER_GATHER_MS": ("gather_ms", _number("milliseconds", 0)),
     "ATELIER_DIFFUSION_BATCHING": ("diffusion_batching", _choice("step", "request")),
     "ATELIER_GRPC_PORT": ("grpc_port", _integer(1, 65535)),
+    "ATELIER_MAX_QUEUE_SECONDS": ("max_queue_seconds", _number("seconds", 0, inclusive=False)),
     "ATELIER_MAX_INFLIGHT": ("max_inflight", _integer(1)),
+    "ATELIER_QUEUE_ORDER": ("queue_order", _choice("age", "remaining", "arrival")),
+    "ATELIER_BATCH_FILL": ("batch_fill", _number("times a run's interactive cost", 1)),
+    "ATELIER_SIMULATED_COST_MS": ("simulated_cost_ms", _cost_pair),
     "ATELIER_API_KEY": ("api_key", _text),
     "ATELIER_INTRA_OP_THREADS": ("intra_op_threads", _integer(0)),
     "ATELIER_DRAIN_SECONDS": ("drain_seconds", _number("seconds", 0)),

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.batcher import CohortGate, ContinuousBatcher, Tensors
+from service.batcher import CohortGate, ContinuousBatcher, RunCost, Tensors
 from service.config import Config
 from service.manifest import Manifest
 from service.registry import LoadedModel, Registry, load_gmm
@@ -40,6 +41,21 @@ def session_runner(model: LoadedModel, function: str):
     return run_batch
 
 
+def simulated_runner(model: LoadedModel, function: str, fixed_ms: float, per_row_ms: float):
+    """run_batch for the scheduler benchmark's simulated accelerator: sleeps fixed + per_row * rows
+    milliseconds (in the batcher's thread, as a device call would block it) and returns zeros of the
+    graph's output shapes. Images come out flat grey; only the timing is meaningful."""
+    outputs = [(o.name, o.shape) for o in model.sessions[function].get_outputs()]
+
+    def run_batch(inputs: Tensors) -> Tensors:
+        rows = next(iter(inputs.values())).shape[0]
+        time.sleep((fixed_ms + per_row_ms * rows) / 1000.0)
+        return {name: np.zeros([rows, *(d if isinstance(d, int) else 1 for d in shape[1:])], np.float32)
+                for name, shape in outputs}
+
+    return run_batch
+
+
 class Engine:
     def __init__(self, registry: Registry, config: Config):
         self.registry = registry
@@ -48,8 +64,11 @@ class Engine:
         for model in registry.models.values():
             for function in model.sessions:
                 key = f"{model.name}.{function}"
-                self.batchers[key] = ContinuousBatcher(key, session_runner(model, function),
-                                                       max_batch=config.max_batch, gather_ms=config.gather_ms)
+                runner = (session_runner(model, function) if config.simulated_cost_ms is None
+                          else simulated_runner(model, function, *config.simulated_cost_ms))
+                self.batchers[key] = ContinuousBatcher(key, runner, max_batch=config.max_batch,
+                                                       gather_ms=config.gather_ms, order=config.queue_order,
+                                                       batch_fill=config.batch_fill)
         self.gmm = load_gmm(registry.models["gmm"])
         text = registry.models["text"]
         self.tokenizer = Tokenizer.from_file(str(text.directory / text.manifest.tokenizer_file))
@@ -132,22 +151,35 @@ class Engine:
         return np.stack(latents).reshape(len(latents), *self.manifest("vae").latent_shape)
 
     async def warm_up(self) -> None:
-        """One small run per function, so the first client does not pay ORT's lazy set-up."""
-        rng = np.random.default_rng(0)
-        latent = rng.standard_normal((2, *self.manifest("vae").latent_shape)).astype(np.float32)
-        await asyncio.gather(
-            self.generate_gan(rng.standard_normal((2, self.manifest("dcgan").z_dim)).astype(np.float32),
-                              np.array([0, 1])),
-            self.decode(latent), self.encode(np.zeros((2, 3, 32, 32), np.float32)),
-            self.denoise(latent, np.array([0.5, 0.5], np.float32), np.array([0, self.manifest("diffusion").null_class]),
-                         np.zeros((2, self.manifest("diffusion").text_dim), np.float32),
-                         np.array([3.0, 1.0], np.float32)),
-            self.embed_text(["warm up"]))
+        """Runs of every function at a few sizes, one at a time, twice: the first pass pays ORT's lazy set-up
+        for each shape (so the first client does not), and the second gives each batcher's cost model clean
+        measurements at small and full batches to start from."""
+        for _ in range(2):
+            for batcher in self.batchers.values():
+                batcher.cost = RunCost()
+            await self._run_every_function_at_a_few_sizes()
         self._prompt_cache.clear()
+
+    async def _run_every_function_at_a_few_sizes(self) -> None:
+        rng = np.random.default_rng(0)
+        diffusion, latent_shape = self.manifest("diffusion"), self.manifest("vae").latent_shape
+        for rows in sorted({1, min(8, self.config.max_batch), self.config.max_batch}):
+            latent = rng.standard_normal((rows, *latent_shape)).astype(np.float32)
+            classes = np.arange(rows) % len(self.manifest("dcgan").classes)
+            await self.generate_gan(rng.standard_normal((rows, self.manifest("dcgan").z_dim)).astype(np.float32),
+                                    classes)
+            await self.decode(latent)
+            await self.encode(np.zeros((rows, 3, 32, 32), np.float32))
+            await self.denoise(latent, np.full(rows, 0.5, np.float32), classes,
+                               np.zeros((rows, diffusion.text_dim), np.float32), np.ones(rows, np.float32))
+            self._prompt_cache.clear()
+            # a request embeds one prompt; 64 prompts cost seconds on a CPU (fp16 graph), for no information
+            await self.embed_text([f"warm up {i}" for i in range(min(rows, 8))])
 
     def stats(self) -> dict:
         return {key: {"runs": b.runs, "rows": b.rows, "rows_per_run": round(b.rows / b.runs, 2) if b.runs else None,
-                      "queued_rows": b.queued_rows, "rows_cancelled": b.rows_cancelled}
+                      "queued_rows": b.queued_rows, "rows_cancelled": b.rows_cancelled,
+                      "cost_ms": {"fixed": round(b.cost.fixed * 1e3, 4), "per_row": round(b.cost.per_row * 1e3, 4)}}
                 for key, b in self.batchers.items()}
 
     async def stop(self) -> None:

@@ -49,6 +49,17 @@ INFLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 IMAGES = Counter("atelier_images", "Images produced", ["model"])
+# The autoscaling signal (k8s/, docs/DEPLOY.md): stable names, no labels, one value per pod.
+PREDICTED_WAIT_SECONDS = Gauge(
+    "atelier_predicted_wait_seconds",
+    "Predicted seconds of model work queued ahead of an interactive request arriving now (admission's prediction)",
+    multiprocess_mode="livemax",
+)
+PENDING_WORK_SECONDS = Gauge(
+    "atelier_pending_work_seconds",
+    "Predicted seconds of model work admitted and not yet run, every priority, summed over live workers",
+    multiprocess_mode="livesum",
+)
 BATCH_ROWS = Histogram(
     "atelier_batch_rows",
     "Rows per ONNX run, by model function",

@@ -37,6 +37,7 @@ class GenerateRequest:
     init_image: np.ndarray | None = field(default=None, repr=False)  # (32, 32, 3) uint8
     mask: np.ndarray | None = field(default=None, repr=False)  # (32, 32) bool, True = repaint
     strength: float = rules.STRENGTH.default  # the fraction of the schedule run from the noised image (SDEdit)
+    priority: str = rules.DEFAULT_PRIORITY
 
     def with_seed(self) -> GenerateRequest:
         """This request with its seed fixed: the client's, or a random one (the only place one is drawn)."""
@@ -75,6 +76,29 @@ def validate(engine: Engine, request: GenerateRequest) -> None:
         raise InvalidInput(f"only the diffusion model edits images; {request.model!r} only generates")
     if request.mask is not None and request.init_image is None:
         raise InvalidInput("a mask needs the image it masks")
+    rules.check_priority(request.priority)
+
+
+def planned_rows(request: GenerateRequest) -> dict[str, tuple[int, int]]:
+    """The model work a valid request will submit, per function: (rows in all, rows per submission).
+    Admission prices it with each function's measured cost; a sampler submits its rows once per step.
+    (A prompt cached from an earlier request costs no embedding; the plan counts it, erring long.)"""
+    n = request.n
+    plan: dict[str, tuple[int, int]] = {}
+    if request.prompt is not None and (request.model == "diffusion" or request.class_id is None):
+        plan["text.embed"] = (1, 1)
+    if request.model == "dcgan":
+        plan["dcgan.generate"] = (n, n)
+    elif request.model == "diffusion":
+        steps = request.steps if request.init_image is None else round(request.strength * request.steps)
+        rows_per_step = n * (2 if request.guidance != 1.0 else 1)  # guidance adds the unconditional row
+        plan["diffusion.denoise"] = (steps * rows_per_step, rows_per_step)
+        if request.init_image is not None:
+            plan["vae.encode"] = (1, 1)
+        plan["vae.decode"] = (n, n)
+    else:  # vae, gmm: one decode of n latents
+        plan["vae.decode"] = (n, n)
+    return plan
 
 
 def image_rngs(seed: int, n: int) -> list[np.random.Generator]:
@@ -142,10 +166,11 @@ async def generate(engine: Engine, request: GenerateRequest) -> Generated:
 
 def provenance_parameters(request: GenerateRequest) -> dict:
     """What made the image, for its PNG chunks: the request's settings, and the sha256 of an input
-    image or mask rather than its pixels."""
+    image or mask rather than its pixels. The priority only decided when it ran, so it is left out."""
     uploads = {"init_image": request.init_image, "mask": request.mask}
     parameters = {f.name: getattr(request, f.name) for f in fields(request)
-                  if f.name != "model" and f.name not in uploads and getattr(request, f.name) is not None}
+                  if f.name not in ("model", "priority") and f.name not in uploads
+                  and getattr(request, f.name) is not None}
     if request.model != "diffusion":
         for key in ("steps", "guidance", "sampler", "eta", "strength"):
             parameters.pop(key)

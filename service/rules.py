@@ -18,6 +18,10 @@ from service.errors import InvalidInput
 MODELS = ("dcgan", "vae", "gmm", "diffusion")
 # Sampler names, in the order the docs list them; samplers.SAMPLERS implements exactly these.
 SAMPLERS = ("dpmpp_2m", "euler", "ddim", "ddpm")
+# interactive: a person waits (the default); batch: bulk jobs that fill the rows interactive work leaves
+# free and are refused first under overload (service/batcher.py, service/admission.py)
+PRIORITIES = ("interactive", "batch")
+DEFAULT_PRIORITY = "interactive"
 DEFAULT_MODEL = "diffusion"
 DEFAULT_SAMPLER = "dpmpp_2m"  # the best images in few steps on the committed denoiser (docs/MODELS.md)
 MAX_MODEL_NAME_CHARS = 64
@@ -56,3 +60,8 @@ def check_prompt(prompt: str) -> None:
 def check_sampler(sampler: str) -> None:
     if sampler not in SAMPLERS:
         raise InvalidInput(f"unknown sampler {sampler!r}; available: {', '.join(SAMPLERS)}")
+
+
+def check_priority(priority: str) -> None:
+    if priority not in PRIORITIES:
+        raise InvalidInput(f"unknown priority {priority!r}; available: {', '.join(PRIORITIES)}")

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from service import metrics, pipelines, rules
+from service import batcher, metrics, pipelines, rules
+from service.admission import PRIORITY_OF, Admission
 from service.config import Config
 from service.engine import Engine
-from service.errors import ClientDisconnected, InvalidInput, ModelNotFound, NotReady, Overloaded, RequestTimeout, \
-    http_status
+from service.errors import ClientDisconnected, InvalidInput, ModelNotFound, NotReady, RequestTimeout, http_status
 from service.registry import Registry
 
 log = logging.getLogger("atelier")
@@ -48,30 +48,32 @@ class ServingCore:
         self.config = config
         self.registry = registry
         self.engine = engine
+        self.admission = Admission(engine.batchers, config.max_queue_seconds, config.max_inflight)
         self.ready = False  # True once warmed up; False again while draining
-        self.inflight = 0
         self.inflight_tasks: set[asyncio.Task] = set()
         self.draining = self.drain_expired = False
 
     # --- admission ---------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def admitted(self, route: str, model: str, protocol: str) -> AsyncIterator[None]:
-        """Admission control and the request metrics every route shares."""
+    async def admitted(self, route: str, protocol: str,
+                       requests: Sequence[pipelines.GenerateRequest]) -> AsyncIterator[None]:
+        """Validation, admission by predicted wait (service/admission.py) and the request metrics every
+        route shares, around the work of one client request (OIP: one plain request per row)."""
         # the label is the client's model name only when it names a model: a label per unknown name
         # would let any client grow the metrics without bound (seen when fuzzing)
-        model = model if model in rules.MODELS else "unknown"
-        if not self.ready:
-            raise NotReady("models are loading or the server is draining; retry shortly")
-        if self.inflight >= self.config.max_inflight:
-            metrics.REQUESTS.labels(route, model, "429", protocol).inc()
-            raise Overloaded(f"{self.inflight} requests in flight (limit {self.config.max_inflight}); retry later")
-        self.inflight += 1
-        metrics.INFLIGHT.inc()
+        model = requests[0].model if requests[0].model in rules.MODELS else "unknown"
+        started, status, ticket = time.perf_counter(), "200", None
         task = asyncio.current_task()
-        self.inflight_tasks.add(task)
-        started, status = time.perf_counter(), "200"
         try:
+            for request in requests:
+                self.check(request)
+            if not self.ready:
+                raise NotReady("models are loading or the server is draining; retry shortly")
+            ticket = self.admission.admit(requests)
+            batcher.TICKET.set(ticket)  # the batchers order and count this task's rows (and its subtasks') by it
+            self.inflight_tasks.add(task)
+            metrics.INFLIGHT.inc()
             yield
         except BaseException as error:
             if isinstance(error, asyncio.CancelledError) and self.drain_expired:
@@ -81,11 +83,17 @@ class ServingCore:
             status = str(http_status(error))
             raise
         finally:
-            self.inflight_tasks.discard(task)
-            self.inflight -= 1
-            metrics.INFLIGHT.dec()
             metrics.REQUESTS.labels(route, model, status, protocol).inc()
-            metrics.REQUEST_SECONDS.labels(route, model, protocol).observe(time.perf_counter() - started)
+            if ticket is not None:
+                batcher.TICKET.set(None)
+                self.admission.finish(ticket)
+                self.inflight_tasks.discard(task)
+                metrics.INFLIGHT.dec()
+                metrics.REQUEST_SECONDS.labels(route, model, protocol).observe(time.perf_counter() - started)
+
+    @property
+    def inflight(self) -> int:
+        return len(self.inflight_tasks)
 
     # --- the request path --------------------------------------------------------------------------
 
@@ -109,9 +117,8 @@ class ServingCore:
 
     async def generate(self, request: pipelines.GenerateRequest,
                        disconnected: Callable[[], Awaitable[None]] | None = None) -> pipelines.Generated:
-        """The one code path of every transport, inside `admitted`: validate, run the pipeline under the
-        request timeout, and cancel its remaining steps if `disconnected` completes first."""
-        self.check(request)
+        """The one code path of every transport, inside `admitted` (which validated it): run the pipeline
+        under the request timeout, and cancel its remaining steps if `disconnected` completes first."""
         work = pipelines.generate(self.engine, request)
         try:
             async with asyncio.timeout(self.config.request_timeout_seconds):
@@ -140,7 +147,12 @@ class ServingCore:
         described = self.registry.describe()
         return {"models": [{**model.manifest.raw, **described[name]} for name, model in self.registry.models.items()],
                 "batching": {"max_batch": self.config.max_batch, "gather_ms": self.config.gather_ms,
-                             "diffusion": self.config.diffusion_batching},
+                             "diffusion": self.config.diffusion_batching, "queue_order": self.config.queue_order,
+                             "batch_fill": self.config.batch_fill},
+                "admission": {"max_queue_seconds": self.config.max_queue_seconds,
+                              "max_inflight": self.config.max_inflight, "inflight": self.inflight,
+                              "predicted_wait_s": {name: round(self.admission.predicted_wait(level), 4)
+                                                   for name, level in PRIORITY_OF.items()}},
                 "engine": self.engine.stats()}
 
     # --- drain -------------------------------------------------------------------------------------

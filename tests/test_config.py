@@ -22,7 +22,8 @@ def test_defaults_when_no_variable_is_set():
     assert config.models_dir == SERVICE_DIR.parent / "models"
     assert config.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert (config.max_batch, config.gather_ms, config.diffusion_batching) == (64, 0.0, "step")
-    assert (config.grpc_port, config.max_inflight, config.api_key) == (8001, 2, None)
+    assert (config.grpc_port, config.max_inflight, config.api_key) == (8001, 1024, None)
+    assert (config.max_queue_seconds, config.queue_order, config.simulated_cost_ms) == (8.0, "age", None)
     assert (config.intra_op_threads, config.use_fp16, config.warmup) == (0, "auto", True)
     assert config.prometheus_multiproc_dir is None
 

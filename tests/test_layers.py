@@ -21,7 +21,7 @@ LAYERS = {
     "manifest": 1, "fp16": 1, "rules": 1,
     "registry": 2, "batcher": 2, "engine": 3,
     "samplers": 4, "uploads": 4, "pipelines": 5,
-    "server": 6,
+    "admission": 5.5, "server": 6,
     "transports.context": 7, "transports.bodies": 7, "transports.oip": 7,
     "transports.json_api": 8, "transports.oip_http": 8, "transports.oip_grpc": 8, "transports.openai_images": 8,
     "transports.http_app": 9,

@@ -31,14 +31,15 @@ from harness.serving import BENTOML, ROOT, AtelierServer, free_port, metric_valu
 log = logging.getLogger(__name__)
 KEY = "reliability-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
-LONG_DIFFUSION = {"model": "diffusion", "n": 16, "steps": 250, "seed": 3}  # ~15 s of denoising on 2 cores
+LONG_DIFFUSION = {"model": "diffusion", "n": 16, "steps": 250, "seed": 3}  # 3.0 s of denoising on 2 cores
 
 
 @pytest.fixture(scope="module")
 def guarded():
-    """API key, a 3 s request timeout, room for 2 requests in flight. Module-scoped: the last test
-    in this file kills its worker."""
-    env = {"ATELIER_API_KEY": KEY, "ATELIER_REQUEST_TIMEOUT_SECONDS": "3", "ATELIER_MAX_INFLIGHT": "2"}
+    """API key, a 1.5 s request timeout (LONG_DIFFUSION takes twice that), an admission budget of 0.5 s of
+    queued work (refusals come within a second of overload, and admitted requests finish well inside the
+    timeout). Module-scoped: the last test in this file kills its worker."""
+    env = {"ATELIER_API_KEY": KEY, "ATELIER_REQUEST_TIMEOUT_SECONDS": "1.5", "ATELIER_MAX_QUEUE_SECONDS": "0.5"}
     with AtelierServer(env=env) as running:
         yield running
 
@@ -83,7 +84,7 @@ def test_request_past_the_timeout_gets_a_clean_504_and_its_steps_stop(guarded):
     started = time.monotonic()
     response = httpx.post(guarded.url + "/v1/generate", json=LONG_DIFFUSION, headers=AUTH, timeout=30)
     assert response.status_code == 504, response.text
-    assert "longer than 3 s" in response.json()["error"]
+    assert "longer than 1.5 s" in response.json()["error"]
     assert time.monotonic() - started < 8
     at_answer = metric_value(guarded.metrics(), "atelier_batch_rows_sum", function="diffusion.denoise")
     time.sleep(1.0)
@@ -131,7 +132,7 @@ def test_overload_at_four_times_capacity_refuses_with_retry_after_and_stays_heal
     """The short, functional version of `python -m bench.overload` (30 s there, 8 s here): refusals are
     429s with Retry-After, counted in the metrics, nothing else fails and the server stays ready. The
     admitted latency under overload is a benchmark figure (bench/overload.py, docs/RELIABILITY.md)."""
-    args = argparse.Namespace(inflight=2, seconds=8.0, factor=4.0, unloaded=12, capacity_seconds=4.0)
+    args = argparse.Namespace(clients=16, seconds=8.0, factor=4.0, unloaded=12, capacity_seconds=4.0, budget=0.5)
     result = asyncio.run(overload.measure(guarded.url, args, lambda: guarded.process.poll() is None, AUTH))
     log.info("overload: %s", result)
     assert result["server_alive"] and result["other_statuses"] == [], result
@@ -199,7 +200,10 @@ async def sigterm_during(server: AtelierServer, bodies: list[dict], after_s: flo
     then a probe and a new request. Returns what every client saw and the process exit code."""
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
         in_flight = [asyncio.create_task(client.post(server.url + "/v1/generate", json=body)) for body in bodies]
-        await asyncio.sleep(after_s)
+        for _ in range(int(after_s / 0.05)):  # until all are admitted (not a verdict: the assert below is)
+            if metric_value(server.metrics(), "atelier_inflight") == len(bodies):
+                break
+            await asyncio.sleep(0.05)
         assert metric_value(server.metrics(), "atelier_inflight") == len(bodies)
         os.kill(server.process.pid, signal.SIGTERM)
         signalled = time.monotonic()
@@ -214,10 +218,10 @@ async def sigterm_during(server: AtelierServer, bodies: list[dict], after_s: flo
 
 
 def test_sigterm_finishes_20_in_flight_requests_refuses_new_ones_with_503_and_exits_0():
-    env = {"ATELIER_MAX_INFLIGHT": "32"}
-    with AtelierServer(env=env) as server:
-        bodies = [{"model": "diffusion", "steps": 50, "seed": seed, "class": seed % 9} for seed in range(20)]
-        seen = asyncio.run(sigterm_during(server, bodies, after_s=1.0))
+    with AtelierServer() as server:
+        # 200 steps: seconds of work, so all 20 are still running when the signal comes
+        bodies = [{"model": "diffusion", "steps": 200, "seed": seed, "class": seed % 9} for seed in range(20)]
+        seen = asyncio.run(sigterm_during(server, bodies, after_s=10.0))
         drained = [line for line in json_log_lines(server) if line["message"] == "drained"]
     log.info("SIGTERM with 20 in flight: all answered %.1f s and exit %d %.1f s after it; %s", seen["answered_s"],
              seen["exit_code"], seen["exit_s"], drained)
@@ -233,7 +237,7 @@ def test_sigterm_finishes_20_in_flight_requests_refuses_new_ones_with_503_and_ex
 def test_request_still_running_at_the_drain_limit_ends_as_a_503_and_the_server_exits_0():
     env = {"ATELIER_DRAIN_SECONDS": "1", "ATELIER_WARMUP": "false"}
     with AtelierServer(env=env) as server:
-        seen = asyncio.run(sigterm_during(server, [LONG_DIFFUSION], after_s=1.0))
+        seen = asyncio.run(sigterm_during(server, [LONG_DIFFUSION], after_s=10.0))
     (answer,) = seen["answers"]
     assert answer.status_code == 503 and "drain limit 1 s" in answer.json()["error"]
     assert answer.headers["retry-after"]

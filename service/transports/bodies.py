@@ -19,6 +19,7 @@ from service import pipelines, rules
 from service.errors import invalid_request
 
 SamplerName = Literal[rules.SAMPLERS]
+PriorityName = Literal[rules.PRIORITIES]
 
 
 def bounded(bound: rules.Bound, kind: Callable[..., Any] = Field) -> Any:
@@ -42,11 +43,13 @@ class GenerationSettings(BaseModel):
     guidance: Annotated[float, bounded(rules.GUIDANCE)] = rules.GUIDANCE.default
     sampler: SamplerName = rules.DEFAULT_SAMPLER
     eta: Annotated[float, bounded(rules.ETA)] = rules.ETA.default
+    priority: Annotated[PriorityName, Field(description="interactive (a person waits) or batch (bulk work: fills "
+                                                        "free rows, refused first under overload)")] = rules.DEFAULT_PRIORITY
 
     def to_request(self, class_id: int | None, prompt: str | None, **edit: Any) -> pipelines.GenerateRequest:
         return pipelines.GenerateRequest(model=self.model, n=self.n, seed=self.seed, class_id=class_id, prompt=prompt,
                                          steps=self.steps, guidance=self.guidance, sampler=self.sampler, eta=self.eta,
-                                         **edit)
+                                         priority=self.priority, **edit)
 
 
 def parse(model: type[BaseModel], raw: bytes | dict, what: str = "request"):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from service import pipelines, rules
 from service.server import EncodedImage
-from service.transports.bodies import GenerationSettings, Prompt, SamplerName, bounded
+from service.transports.bodies import GenerationSettings, PriorityName, Prompt, SamplerName, bounded
 from service.transports.context import client_gone, core_of
 
 router = APIRouter(prefix="/v1", tags=["JSON API"])
@@ -57,8 +57,8 @@ class GenerateResponse(BaseModel):
 async def generate(body: GenerateBody, request: Request) -> GenerateResponse:
     """Generate n images from a model, by class, prompt (theme) or neither, with a seed."""
     core = core_of(request)
-    async with core.admitted("/v1/generate", body.model, "json"):
-        plain = body.to_request(core.class_id(body.model, body.class_), body.prompt)
+    plain = body.to_request(core.class_id(body.model, body.class_), body.prompt)
+    async with core.admitted("/v1/generate", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
     return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
                             images=[GeneratedImage.of(image) for image in core.encode(generated, body.output)])
@@ -71,12 +71,13 @@ async def image_png(request: Request, model: str = rules.DEFAULT_MODEL,
                     seed: Annotated[int, bounded(rules.SEED, Query)] = 0,
                     steps: Annotated[int, bounded(rules.STEPS, Query)] = rules.STEPS.default,
                     guidance: Annotated[float, bounded(rules.GUIDANCE, Query)] = rules.GUIDANCE.default,
-                    sampler: SamplerName = rules.DEFAULT_SAMPLER) -> Response:
+                    sampler: SamplerName = rules.DEFAULT_SAMPLER,
+                    priority: PriorityName = rules.DEFAULT_PRIORITY) -> Response:
     """One image as a PNG file (for curl and <img> tags)."""
     core = core_of(request)
-    async with core.admitted("/v1/image.png", model, "json"):
-        plain = pipelines.GenerateRequest(model=model, seed=seed, class_id=core.class_id(model, class_), prompt=prompt,
-                                          steps=steps, guidance=guidance, sampler=sampler)
+    plain = pipelines.GenerateRequest(model=model, seed=seed, class_id=core.class_id(model, class_), prompt=prompt,
+                                      steps=steps, guidance=guidance, sampler=sampler, priority=priority)
+    async with core.admitted("/v1/image.png", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
     return Response(core.encode(generated)[0].data, media_type="image/png")
 

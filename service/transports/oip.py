@@ -105,9 +105,9 @@ MODEL_INPUTS: dict[str, tuple[TensorSpec, ...]] = {
 }
 NO_CLASS = -1
 
-# Request parameters -> (accepted Python types, what they do), from the request rules. Only diffusion
-# uses them; the other models ignore them, as /v1/generate does, so one client can send the same
-# request to any model.
+# Request parameters -> (accepted Python types, what they do), from the request rules. The sampler
+# settings are diffusion's (the other models ignore them, as /v1/generate does, so one client can send
+# the same request to any model); priority applies to every model.
 def _described(bound: rules.Bound) -> str:
     return f"{bound.description}, {bound.minimum:g}..{bound.maximum:g} (default {bound.default:g})"
 
@@ -117,7 +117,11 @@ PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
     "guidance": ((int, float), _described(rules.GUIDANCE)),
     "sampler": ((str,), f"{', '.join(rules.SAMPLERS)} (default {rules.DEFAULT_SAMPLER})"),
     "eta": ((int, float), _described(rules.ETA)),
+    "priority": ((str, int), f"{' or '.join(rules.PRIORITIES)} (default {rules.DEFAULT_PRIORITY}), or Triton's "
+                              "integer levels (tritonclient's `priority=`): 0 and 1 interactive, 2 and above batch; "
+                              "batch work fills free rows and is refused first under overload"),
 }
+TRITON_FIRST_BATCH_LEVEL = 2  # Triton: lower is more urgent, 0 = unspecified
 
 
 def server_metadata(version: str) -> dict:
@@ -143,7 +147,8 @@ def model_metadata(core: ServingCore, model: str, version: str = "") -> ModelMet
     served = served_version(core, model, version)
     size = core.registry.manifest(model).image_size
     image = TensorSpec("image", "UINT8", (-1, size, size, 3), True, "RGB, row-major (N, height, width, channel)")
-    parameters = {name: doc for name, (_, doc) in PARAMETERS.items()} if model == "diffusion" else {}
+    parameters = {name: doc for name, (_, doc) in PARAMETERS.items()
+                  if model == "diffusion" or name == "priority"}
     return ModelMetadata(model, (served,), PLATFORM, MODEL_INPUTS[model], (image,), parameters)
 
 
@@ -219,8 +224,8 @@ def raw_bytes(tensor: Tensor) -> bytes:
     return tensor.data.astype(DATATYPES[tensor.datatype], copy=False).tobytes()
 
 
-def generate_requests(core: ServingCore, request: InferRequest) -> list[pipelines.GenerateRequest]:
-    """One single-image GenerateRequest per row, validated together before any work starts."""
+def generate_requests(request: InferRequest) -> list[pipelines.GenerateRequest]:
+    """One single-image GenerateRequest per row (admission validates them together before any work starts)."""
     tensors = checked_inputs(request)
     n = tensors["seed"].shape[0]
     options = generation_options(request.parameters)
@@ -231,8 +236,6 @@ def generate_requests(core: ServingCore, request: InferRequest) -> list[pipeline
         rows.append(pipelines.GenerateRequest(model=request.model, n=1, seed=int(tensors["seed"].data[i]),
                                               class_id=None if class_id == NO_CLASS else class_id,
                                               prompt=prompt, **options))
-    for row in rows:
-        core.check(row)
     return rows
 
 
@@ -270,7 +273,10 @@ def generation_options(parameters: Mapping[str, Parameter]) -> dict[str, Paramet
         if not isinstance(value, accepted) or isinstance(value, bool):
             raise InvalidInput(f"parameter {name!r} must be {' or '.join(t.__name__ for t in accepted)}, "
                                f"got {value!r}")
-    return {name: float(value) if float in PARAMETERS[name][0] else value for name, value in parameters.items()}
+    options = {name: float(value) if float in PARAMETERS[name][0] else value for name, value in parameters.items()}
+    if isinstance(options.get("priority"), int):
+        options["priority"] = "batch" if options["priority"] >= TRITON_FIRST_BATCH_LEVEL else "interactive"
+    return options
 
 
 def prompt_text(element: bytes) -> str | None:
@@ -288,8 +294,9 @@ async def infer(core: ServingCore, request: InferRequest, route: str, protocol: 
     unknown = [name for name in request.outputs if name != "image"]
     if unknown:
         raise InvalidInput(f"model {request.model!r} has no output {unknown[0]!r}; outputs: image")
-    async with core.admitted(route, request.model, protocol):
-        work = generate_rows(core, generate_requests(core, request))
+    rows = generate_requests(request)
+    async with core.admitted(route, protocol, rows):
+        work = generate_rows(core, rows)
         generated = await (cancel_on(disconnected(), work) if disconnected else work)
     images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8
     return InferResponse(request.model, version, request.id, (Tensor("image", "UINT8", images.shape, images.ravel()),))

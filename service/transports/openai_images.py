@@ -102,8 +102,7 @@ async def answer(request: Request, route: str, plain_request) -> JSONResponse:
     core = core_of(request)
     try:
         plain = await plain_request()
-        core.check(plain)  # a 404 before the model's name becomes a metrics label
-        async with core.admitted(route, plain.model, "openai"):
+        async with core.admitted(route, "openai", [plain]):
             generated = await core.generate(plain, lambda: client_gone(request))
     except AtelierError as error:
         return openai_error(error)
