@@ -13,7 +13,8 @@ request age (oldest request first, so a request's steps are not overtaken by new
 remaining work, or by submission time (`order`). Batch rows only fill a run up to `batch_fill`
 times the cost of its interactive rows (at least one row's cost), by the batcher's own online cost
 model (`RunCost`): on a CPU, where a run costs in proportion to its rows, that is a few rows; on an
-accelerator, whose runs cost about the same at any size, it is the whole batch.
+accelerator, whose runs cost about the same at any size, it is the whole batch. Batch submissions
+are queued in pieces of that size, so an interactive row never waits behind a wide batch-only run.
 
 Lifecycle: the worker task starts lazily on the first `submit` in the running event loop (so the
 batcher can be built in a synchronous constructor) and is restarted by the next `submit` if it
@@ -252,16 +253,19 @@ class ContinuousBatcher:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         ticket = TICKET.get()
+        # batch rows come in pieces no larger than a batch-only run may be, so that a run never holds more
+        # of them than the fill limit allows (on a CPU a few rows; on an accelerator the whole batch)
+        size = self.max_batch if ticket is None or ticket.priority == INTERACTIVE else self._batch_fill_limit(0)
         chunks = [
             _Chunk(
-                inputs={name: array[start : start + self.max_batch] for name, array in inputs.items()},
-                rows=min(self.max_batch, rows - start),
+                inputs={name: array[start : start + size] for name, array in inputs.items()},
+                rows=min(size, rows - start),
                 future=loop.create_future(),
                 submitted_at=now,
                 ticket=ticket,
                 sequence=next(self._sequence),
             )
-            for start in range(0, rows, self.max_batch)
+            for start in range(0, rows, size)
         ]
         self._queue.extend(chunks)
         self._queued_rows += rows
@@ -374,7 +378,7 @@ class ContinuousBatcher:
         budget = self.batch_fill * self.cost.seconds(max(1, interactive_rows))
         if self.cost.per_row <= 0.0:
             return self.max_batch
-        return max(interactive_rows, min(self.max_batch, int((budget - self.cost.fixed) / self.cost.per_row)))
+        return max(1, interactive_rows, min(self.max_batch, int((budget - self.cost.fixed) / self.cost.per_row)))
 
     async def _run(self, loop: asyncio.AbstractEventLoop, chunks: list[_Chunk]) -> None:
         """Join the chunks, run them as one batch in the executor, split the outputs back."""

@@ -220,15 +220,31 @@ def test_batch_rows_fill_a_run_only_while_it_costs_within_the_fill_factor():
     assert all(len(run) <= 2 for run in runs[1:])  # batch-only runs: at most twice one row's cost
 
 
-def test_a_batch_submission_larger_than_the_fill_limit_still_runs_alone():
-    # the first chunk taken always runs: otherwise a batch request of more rows than the fill limit
-    # would sit in the queue for ever (and the worker would spin on an empty take)
+def test_batch_submissions_come_in_pieces_no_larger_than_a_batch_only_run():
     model = GatedModel()
-    batcher = ContinuousBatcher("test.fill_big", model, max_batch=64, batch_fill=1.5)
-    batcher.cost = FixedCost(0.0, 0.001)  # limit: one row
-    bulk = Ticket(BATCH, arrival=1.0)
-    runs = run_held(batcher, model, [(bulk, 1.0, 4), (bulk, 3.0, 4)])
-    assert runs == [[1.0] * 4, [3.0] * 4]
+    batcher = ContinuousBatcher("test.pieces", model, max_batch=64, batch_fill=2.0)
+    batcher.cost = FixedCost(0.0, 0.001)  # CPU-like: a batch-only run holds 2 rows
+    runs = run_held(batcher, model, [(Ticket(BATCH, arrival=1.0), 1.0, 5)])
+    assert [len(run) for run in runs] == [2, 2, 1]
+
+
+def test_a_queued_chunk_wider_than_the_fill_limit_still_runs():
+    # the first chunk taken always runs: if the cost model moves between submission and run, a chunk may
+    # be wider than the limit, and it must not sit in the queue for ever (the worker would spin)
+    model = GatedModel()
+    batcher = ContinuousBatcher("test.fill_big", model, max_batch=64, batch_fill=1.5)  # no cost yet: no limit
+
+    async def scenario():
+        blocker = asyncio.create_task(submit_as(batcher, None, -1.0))
+        await model.in_flight()
+        bulk = asyncio.create_task(submit_as(batcher, Ticket(BATCH, arrival=1.0), 1.0, 4))
+        await queued(batcher, 4)
+        batcher.cost = FixedCost(0.0, 0.001)  # now the limit is one row
+        model.gate.set()
+        await asyncio.gather(blocker, bulk)
+
+    asyncio.run(scenario())
+    assert [sorted(batch.tolist()) for batch in model.batches[1:]] == [[1.0] * 4]
 
 
 def test_on_accelerator_like_cost_batch_rows_fill_the_whole_run():
