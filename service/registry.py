@@ -88,6 +88,8 @@ def session_options(config: Config) -> ort.SessionOptions:
     options.inter_op_num_threads = 1  # one batch at a time per function: parallelism lives inside ops
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # onnxruntime-gpu's fallback warnings are reported by providers()
+    if not config.ort_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
