@@ -4,7 +4,8 @@
   writes docs/PERFORMANCE.md, docs/perf/*.png and docs/perf/summary.json.
 - quick (`make bench-quick`, <= 5 min): concurrency 32 only, no tuning; writes the same files under
   bench/results/quick/ so a quick run never replaces the committed report.
-- steps (`make bench-steps`, <= 2 min): step-level vs request-level diffusion batching only; logs
+- steps (`make bench-steps`, <= 4 min): step-level (each queue order) vs request-level diffusion batching, on
+  this CPU and on the simulated accelerator, only; logs
   img/s and p95 of both modes and their ratio.
 - smoke (tests/test_bench.py, ~1 min): the quick suite cut to one short repetition, to prove the
   harness works end to end; writes under bench/results/smoke/ (or --docs). Its numbers mean nothing.
@@ -69,17 +70,25 @@ def save_raw(raw: dict, scale: str) -> Path:
 
 
 def report_steps(raw: dict) -> None:
-    from bench.summary import summarise_mixed
+    from bench.summary import summarise_mixed, summarise_simulated
 
     mixed = summarise_mixed(raw["mixed"])
     for mode, stats in mixed["modes"].items():
         log.info("%-8s-level: %.2f img/s (%.2f–%.2f), p95 %.2f s (%.2f–%.2f)", mode,
                  stats["images_per_s"]["median"], stats["images_per_s"]["min"], stats["images_per_s"]["max"],
                  stats["p95_s"]["median"], stats["p95_s"]["min"], stats["p95_s"]["max"])
-    ratio, p95 = mixed["step_over_request"], mixed["p95_step_over_request"]
-    log.info("step ÷ request: throughput %.2f× (%.2f–%.2f), p95 %.2f× (%.2f–%.2f); offered %.2f req/s, "
-             "%d requests per run, %d repetitions", ratio["median"], ratio["min"], ratio["max"], p95["median"],
-             p95["min"], p95["max"], mixed["offered_per_s"], mixed["requests_per_run"], ratio["n"])
+    for mode, ratios in mixed["over_request"].items():
+        ratio, p95 = ratios["throughput"], ratios["p95"]
+        log.info("%s ÷ request: throughput %.2f× (%.2f–%.2f), p95 %.2f× (%.2f–%.2f); offered %.2f req/s, "
+                 "%d requests per run, %d repetitions", mode, ratio["median"], ratio["min"], ratio["max"],
+                 p95["median"], p95["min"], p95["max"], mixed["offered_per_s"], mixed["requests_per_run"], ratio["n"])
+    sim = summarise_simulated(raw.get("simulated", {}))
+    if sim:
+        cost, ratio, p95 = sim["cost"], sim["step_over_request"]["throughput"], sim["step_over_request"]["p95"]
+        log.info("SIMULATED accelerator (%.2f ms + %.4f ms/row = the H100 fit %.3f ms + %.5f ms/row x%g): step ÷ "
+                 "request throughput %.2f× (%.2f–%.2f), p95 %.2f× (%.2f–%.2f)", cost["fixed_ms"], cost["per_row_ms"],
+                 cost["gpu_fixed_ms"], cost["gpu_per_row_ms"], cost["time_scale"], ratio["median"], ratio["min"],
+                 ratio["max"], p95["median"], p95["min"], p95["max"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,8 +140,9 @@ async def flood(url: str, batch_clients: int, interactive_count: int) -> dict:
 async def measure(url: str, args: argparse.Namespace) -> dict:
     result = {"burst": await burst(url, args.burst), "mixed": await mixed(url, args.users, args.seconds),
               "flood": await flood(url, args.flood, args.interactive)}
-    engine = httpx.get(url + "/v1/models", timeout=10).json()["engine"]
-    result["cost_ms"] = {function: stats["cost_ms"] for function, stats in engine.items()}
+    described = httpx.get(url + "/v1/models", timeout=10).json()
+    result["settings"] = {**described["batching"], **described["admission"]}
+    result["cost_ms"] = {function: stats["cost_ms"] for function, stats in described["engine"].items()}
     burst_, mixed_, flood_ = result["burst"], result["mixed"], result["flood"]
     result["ok"] = bool(burst_["ok"] == burst_["requests"] and mixed_["refused"] == 0 and not mixed_["other"]
                         and not flood_["interactive_other"] and not flood_["batch_other"]

@@ -11,25 +11,35 @@ taken seconds apart on the same machine; the spread over repetitions shows the n
    off, naive;
 3. mixed diffusion (steps 10/25/50, Poisson arrivals from one seed per repetition): step-level vs
    request-level batching;
-4. tuning (full scale only): ORT threads, max_batch and gather_ms, one factor at a time, dcgan at 32.
+   the step-level variants differ in how they order the queue (ATELIER_QUEUE_ORDER: age, remaining,
+   arrival);
+4. simulated accelerator: the same mixed workload in a closed loop on two servers whose ONNX runs are
+   replaced by sleeps of fixed + per_row x rows (fitted from docs/perf/gpu_h100.json), step-level vs
+   request-level: the scheduler, batcher and pipelines are real, the device is a cost model;
+5. admission on the defaults (bench/admission.py): a 64-request burst, a 32-user mixed closed loop and
+   a batch flood beside one interactive user;
+6. tuning (full scale only): ORT threads, max_batch and gather_ms, one factor at a time, dcgan at 32.
 
     .venv/bin/python -m bench quick       # or: full, steps
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from bench import ceiling, load, utilisation
+from bench import admission, ceiling, load, utilisation
 from bench.naive_server import NaiveServer
 from harness.serving import AtelierServer, free_port
 
@@ -47,7 +57,20 @@ VARIANTS: dict[str, dict[str, str] | None] = {
     "unbatched": {"ATELIER_MAX_BATCH": "1"},
     "naive": None,
     "request-level": {"ATELIER_DIFFUSION_BATCHING": "request"},
+    "step-remaining": {"ATELIER_QUEUE_ORDER": "remaining"},
+    "step-arrival": {"ATELIER_QUEUE_ORDER": "arrival"},
 }
+# The mixed comparison's servers and the mode each one is: "step" is the default (queue by request age).
+MIXED_MODES = {"atelier": "step", "request-level": "request", "step-remaining": "step-remaining",
+               "step-arrival": "step-arrival"}
+
+# The simulated accelerator: a denoise run on the H100 (docs/perf/gpu_h100.json, cuda_fp32) costs
+# fixed + per_row x rows, fitted below; the simulation runs it SIM_TIME_SCALE times slower, so that this
+# 2-core host's Python work per step (which a GPU host has cores to spare for) stays small beside the
+# device time. Scaling both terms keeps their ratio, which is what decides step- vs request-level.
+GPU_RESULTS = Path(__file__).resolve().parent.parent / "docs" / "perf" / "gpu_h100.json"
+SIM_TIME_SCALE = 10.0
+SIM_USERS = 32
 # One factor at a time around the defaults (threads 0 = every core, max_batch 64, gather 0 ms).
 TUNING: dict[str, dict[str, str]] = {
     "defaults": {},
@@ -55,6 +78,7 @@ TUNING: dict[str, dict[str, str]] = {
     "max-batch-16": {"ATELIER_MAX_BATCH": "16"},
     "max-batch-32": {"ATELIER_MAX_BATCH": "32"},
     "gather-2ms": {"ATELIER_GATHER_MS": "2"},
+    "ort-spinning": {"ATELIER_ORT_SPINNING": "true"},
 }
 
 
@@ -71,13 +95,15 @@ class Scale:
     ceiling_seconds: float
     mixed_requests: int
     tuning: bool
+    sim_window_s: float = 6.0
+    admission_seconds: float = 20.0
 
 
-QUICK = Scale("quick", 3, (32,), 3.0, 1.0, 5.0, 2.0, (1, 8, 32, 64), 0.4, 20, False)
-FULL = Scale("full", 3, (1, 8, 32, 64), 6.0, 1.5, 10.0, 3.0, (1, 2, 4, 8, 16, 32, 64), 1.0, 48, True)
-STEPS = Scale("steps", 3, (), 0, 0, 0, 0, (8, 16, 32), 0.4, 20, False)
+QUICK = Scale("quick", 3, (32,), 3.0, 1.0, 5.0, 2.0, (1, 8, 32, 64), 0.4, 150, False)
+FULL = Scale("full", 3, (1, 8, 32, 64), 6.0, 1.5, 10.0, 3.0, (1, 2, 4, 8, 16, 32, 64), 1.0, 300, True, 10.0, 30.0)
+STEPS = Scale("steps", 3, (), 0, 0, 0, 0, (8, 16, 32), 0.4, 150, False)
 # tests/test_bench.py: the whole harness end to end in about a minute; its numbers mean nothing
-SMOKE = Scale("smoke", 1, (32,), 1.0, 0.3, 4.0, 1.0, (1, 8), 0.1, 6, False)
+SMOKE = Scale("smoke", 1, (32,), 1.0, 0.3, 4.0, 1.0, (1, 8), 0.1, 6, False, 2.0, 3.0)
 SCALES = {scale.name: scale for scale in (QUICK, FULL, STEPS, SMOKE)}
 
 
@@ -123,8 +149,8 @@ def running(variants: dict[str, dict[str, str] | None]) -> Iterator[dict[str, Ta
                 server = stack.enter_context(NaiveServer(free_port()))
                 targets[name] = Target(name, server.url, None)
             else:
-                # throughput past the latency knee is what is measured here, so no admission limit
-                server = stack.enter_context(AtelierServer(env={"ATELIER_MAX_INFLIGHT": "1024", **env}))
+                # throughput past the latency knee is what is measured here, so no admission budget
+                server = stack.enter_context(AtelierServer(env={"ATELIER_MAX_QUEUE_SECONDS": "600", **env}))
                 targets[name] = Target(name, server.url, server)
             warm(targets[name])
             log.info("server %-14s up and warm in %4.1f s at %s %s", name, time.perf_counter() - started,
@@ -211,21 +237,65 @@ def offered_rate(sessions, seconds: float, batches: tuple[int, ...]) -> tuple[fl
 
 
 def mixed_comparison(targets: dict[str, Target], rate: float, scale: Scale) -> list[dict]:
-    """Step-level vs request-level on one Poisson arrival sequence per repetition."""
+    """Step-level (each queue order) vs request-level on one Poisson arrival sequence per repetition."""
     rows = []
     for repetition in range(scale.repetitions):
         seed = 1000 + repetition
         arrivals = load.poisson_arrivals(rate, scale.mixed_requests, seed)
         bodies = mixed_bodies(scale.mixed_requests, seed)
-        for name in rotated(["atelier", "request-level"], repetition):
+        for name in rotated([name for name in MIXED_MODES if name in targets], repetition):
             target = targets[name]
             point = measure(target, lambda: asyncio.run(load.open_loop(target.url + "/v1/generate", bodies, arrivals)))
-            mode = "step" if name == "atelier" else "request"
-            log.info("mixed     rate %.2f/s %-8s %6.2f img/s  p50 %6.2f s  p95 %6.2f s  p99 %6.2f s  errors %d",
+            mode = MIXED_MODES[name]
+            log.info("mixed     rate %.2f/s %-14s %6.2f img/s  p50 %6.2f s  p95 %6.2f s  p99 %6.2f s  errors %d",
                      rate, mode, point["images_per_s"], point["p50_s"], point["p95_s"], point["p99_s"],
                      point["errors"])
             rows.append({"repetition": repetition, "mode": mode, "offered_per_s": rate, "seed": seed, **point})
     return rows
+
+
+def simulated_cost(results: Path = GPU_RESULTS) -> dict[str, float]:
+    """Least-squares fit of the H100's denoise run time, ms = fixed + per_row x rows, from rows/s at batch
+    1, 16 and 64, and the simulated device's figures (SIM_TIME_SCALE times both)."""
+    rows_per_s = json.loads(results.read_text())["variants"]["cuda_fp32"]["rows_per_s"]["diffusion.denoise"]
+    rows = np.array([int(b) for b in rows_per_s], float)
+    ms = np.array([int(b) / v * 1e3 for b, v in rows_per_s.items()])
+    per_row, fixed = np.polyfit(rows, ms, 1)
+    return {"gpu_fixed_ms": float(fixed), "gpu_per_row_ms": float(per_row), "time_scale": SIM_TIME_SCALE,
+            "fixed_ms": float(fixed) * SIM_TIME_SCALE, "per_row_ms": float(per_row) * SIM_TIME_SCALE}
+
+
+def simulated_comparison(scale: Scale) -> dict:
+    """Step-level vs request-level on the simulated accelerator: SIM_USERS closed-loop users of the mixed
+    workload (each repetition its own draw of step counts), both variants back to back."""
+    cost = simulated_cost()
+    env = {"ATELIER_SIMULATED_COST_MS": f"{cost['fixed_ms']:.4f},{cost['per_row_ms']:.5f}"}
+    log.info("simulated accelerator: H100 fit fixed %.3f ms + %.5f ms/row, simulated x%g: %.2f ms + %.4f ms/row",
+             cost["gpu_fixed_ms"], cost["gpu_per_row_ms"], SIM_TIME_SCALE, cost["fixed_ms"], cost["per_row_ms"])
+    rows = []
+    with running({"sim-step": env, "sim-request": {**env, "ATELIER_DIFFUSION_BATCHING": "request"}}) as targets:
+        for repetition in range(scale.repetitions):
+            bodies = mixed_bodies(4096, 2000 + repetition)
+            for name in rotated(["sim-step", "sim-request"], repetition):
+                target = targets[name]
+                point = measure(target, lambda: asyncio.run(load.closed_loop(
+                    target.url + "/v1/generate", lambda i: bodies[i % len(bodies)], SIM_USERS,
+                    scale.sim_window_s, scale.sim_window_s / 3)))
+                mode = name.removeprefix("sim-")
+                log.info("simulated c=%d %-8s %6.2f img/s  p50 %6.2f s  p95 %6.2f s  errors %d", SIM_USERS, mode,
+                         point["images_per_s"], point["p50_s"], point["p95_s"], point["errors"])
+                rows.append({"repetition": repetition, "mode": mode, "users": SIM_USERS, **point})
+    return {"cost": cost, "rows": rows}
+
+
+def admission_on_defaults(scale: Scale) -> dict:
+    """bench/admission.py against a server on its defaults (admission included)."""
+    args = argparse.Namespace(burst=64, users=32, seconds=scale.admission_seconds, flood=8,
+                              interactive=20 if scale.admission_seconds >= 20 else 5)
+    with AtelierServer() as server:
+        result = asyncio.run(admission.measure(server.url, args))
+    log.info("admission: burst %s, mixed %s, flood %s", result["burst"], result["mixed"], result["flood"])
+    return result
 
 
 def tuning_sweep(scale: Scale) -> list[dict]:
@@ -266,6 +336,8 @@ def run(scale: Scale) -> dict:
     with running(VARIANTS) as targets:
         results["closed"] = closed_comparisons(targets, sessions, best, scale)
         results["mixed"] = mixed_comparison(targets, rate, scale)
+    results["simulated"] = simulated_comparison(scale)
+    results["admission"] = admission_on_defaults(scale)
     results["tuning"] = tuning_sweep(scale) if scale.tuning else []
     results["utilisation"]["gemm_peak_gflops"] = max(results["utilisation"]["gemm_peak_gflops"],
                                                      utilisation.gemm_peak_gflops())
@@ -278,7 +350,8 @@ def run_steps(scale: Scale = STEPS) -> dict:
     """Only step-level vs request-level (issue 13's short command)."""
     started, load_before = time.perf_counter(), os.getloadavg()
     rate, roof = offered_rate(ceiling.open_sessions(), scale.ceiling_seconds, scale.ceiling_batches)
-    with running({"atelier": VARIANTS["atelier"], "request-level": VARIANTS["request-level"]}) as targets:
+    with running({name: VARIANTS[name] for name in MIXED_MODES}) as targets:
         mixed = mixed_comparison(targets, rate, scale)
     return {"scale": asdict(scale), "mixed_ceiling_images_per_s": roof, "mixed": mixed,
+            "simulated": simulated_comparison(scale),
             "wall_s": time.perf_counter() - started, "loadavg": {"start": load_before, "end": os.getloadavg()}}
