@@ -1,5 +1,6 @@
-"""Admission by predicted wait: admit a request while the model work queued ahead of it is predicted
-to finish within `max_queue_seconds`; refuse it otherwise with the prediction as its Retry-After.
+"""Admission by predicted wait: admit a request while the model work queued ahead of it and its own are
+predicted to finish within `max_queue_seconds`; refuse it otherwise, with the predicted wait for the
+work ahead as its Retry-After.
 
 Every admitted request holds a `Ticket` with its plan (pipelines.planned_rows: rows per model
 function), counted down by the batchers as its runs finish. The work ahead of a new request is that
@@ -20,6 +21,7 @@ The wait for an interactive request arriving now and the pending work are export
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +32,10 @@ from service.errors import Overloaded
 from service.pipelines import GenerateRequest, planned_rows
 
 PRIORITY_OF = {"interactive": INTERACTIVE, "batch": BATCH}
+
+# When the transport first saw the current request (time.perf_counter()); the time it has already spent in
+# the server (reading its body, waiting for a busy event loop) counts toward its predicted completion.
+ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("atelier_arrived", default=None)
 
 
 class Admission:
@@ -51,15 +57,30 @@ class Admission:
 
     def predicted_wait(self, priority: int) -> float:
         """Seconds until the work now ahead of a new request of `priority` is done."""
-        rows: dict[str, int] = {}
-        runs: dict[str, int] = {}
+        return self.predicted_waits(priority)[-1]
+
+    def predicted_waits(self, up_to: int = BATCH) -> list[float]:
+        """`predicted_wait` of every priority from INTERACTIVE to `up_to`, in one pass over the live tickets
+        (each priority's work is that of its own tickets and of every higher priority's)."""
+        rows: list[dict[str, int]] = [{} for _ in range(up_to + 1)]  # per priority: function -> rows left
+        runs: list[dict[str, int]] = [{} for _ in range(up_to + 1)]  # per priority: function -> most runs left
         for ticket in self.live:
-            if ticket.priority > priority:
+            if ticket.priority > up_to:
                 continue
+            rows_of, runs_of = rows[ticket.priority], runs[ticket.priority]
             for function, left in ticket.remaining_rows.items():
                 if left:
-                    rows[function] = rows.get(function, 0) + left
-                    runs[function] = max(runs.get(function, 0), ticket.remaining_runs(function))
+                    rows_of[function] = rows_of.get(function, 0) + left
+                    runs_of[function] = max(runs_of.get(function, 0), ticket.remaining_runs(function))
+        waits, rows_ahead, runs_ahead = [], {}, {}
+        for rows_of, runs_of in zip(rows, runs):
+            for function, left in rows_of.items():
+                rows_ahead[function] = rows_ahead.get(function, 0) + left
+                runs_ahead[function] = max(runs_ahead.get(function, 0), runs_of[function])
+            waits.append(self._seconds(rows_ahead, runs_ahead))
+        return waits
+
+    def _seconds(self, rows: Mapping[str, int], runs: Mapping[str, int]) -> float:
         seconds = 0.0
         for function, left in rows.items():
             batcher = self.batchers.get(function)
@@ -67,14 +88,25 @@ class Admission:
                 seconds += batcher.cost.seconds(left, max(runs[function], math.ceil(left / batcher.max_batch)))
         return seconds
 
+    def own_seconds(self, ticket: Ticket) -> float:
+        """The request's own work alone: its rows, and a run per step (its steps cannot share a run)."""
+        return sum(self.batchers[function].cost.seconds(rows, ticket.remaining_runs(function))
+                   for function, rows in ticket.remaining_rows.items() if function in self.batchers)
+
     def admit(self, requests: Sequence[GenerateRequest]) -> Ticket:
-        """A live ticket for `requests`, or Overloaded (429) with Retry-After = the predicted wait."""
+        """A live ticket for `requests` if their predicted completion (the time already spent in the server,
+        the work ahead, then their own) is within the budget, or if no work is ahead of them (a request
+        longer than the budget on its own still runs on an idle server); otherwise Overloaded (429) with
+        Retry-After = the predicted wait for the work ahead."""
         ticket = self.ticket(requests)
         wait = self.predicted_wait(ticket.priority)
-        if wait > self.max_queue_seconds:
+        arrived = ARRIVED.get()
+        completion = (ticket.arrival - arrived if arrived is not None else 0.0) + wait + self.own_seconds(ticket)
+        if wait > 0.0 and completion > self.max_queue_seconds:
             self.publish()
-            raise Overloaded(f"the work queued ahead of this {requests[0].priority} request is predicted to take "
-                             f"{wait:.1f} s (budget {self.max_queue_seconds:g} s); retry later", retry_after=wait)
+            raise Overloaded(f"this {requests[0].priority} request is predicted to finish in {completion:.1f} s, "
+                             f"{wait:.1f} s of it behind queued work (budget {self.max_queue_seconds:g} s); "
+                             "retry later", retry_after=wait)
         if len(self.live) >= self.max_inflight:
             raise Overloaded(f"{len(self.live)} requests in flight (limit {self.max_inflight}); retry later",
                              retry_after=max(wait, 1.0))
@@ -88,6 +120,8 @@ class Admission:
 
     def publish(self) -> None:
         """The autoscaling signal, per pod: the wait a new interactive request would have, and all pending work."""
-        metrics.PREDICTED_WAIT_SECONDS.set(self.predicted_wait(INTERACTIVE))
-        metrics.PENDING_WORK_SECONDS.set(self.predicted_wait(BATCH))
+        # one pass for both: this runs twice per request, over every live ticket
+        interactive, pending = self.predicted_waits(BATCH)
+        metrics.PREDICTED_WAIT_SECONDS.set(interactive)
+        metrics.PENDING_WORK_SECONDS.set(pending)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
 from service import rules
-from service.admission import PRIORITY_OF, Admission
+from service.admission import ARRIVED, PRIORITY_OF, Admission
 from service.batcher import BATCH, INTERACTIVE, TICKET, ContinuousBatcher, RunCost, Ticket
 from service.errors import Overloaded
 from service.pipelines import GenerateRequest, planned_rows
@@ -98,24 +99,45 @@ def test_the_countdown_of_finished_runs_shortens_the_wait_and_finishing_clears_i
 
 def test_a_request_past_the_budget_is_refused_with_the_predicted_wait_as_retry_after():
     gate = admission(budget=0.5)
-    while gate.predicted_wait(INTERACTIVE) <= 0.5:
-        gate.admit([GenerateRequest(model="diffusion", n=4, steps=50)])
+    diffusion = GenerateRequest(model="diffusion", n=4, steps=50)  # 50 runs of 8 rows, 4 decodes: 0.258 s
+    gate.admit([diffusion])
+    assert gate.admit([GenerateRequest(model="dcgan")])  # 0.258 s ahead + 0.002 s of its own: within 0.5 s
     wait = gate.predicted_wait(INTERACTIVE)
-    with pytest.raises(Overloaded, match="predicted to take") as refused:
-        gate.admit([GenerateRequest(model="dcgan")])
+    assert wait == pytest.approx(0.26)
+    with pytest.raises(Overloaded, match="predicted to finish in") as refused:
+        gate.admit([diffusion])  # 0.26 s ahead + 0.258 s of its own: past 0.5 s
     assert refused.value.retry_after == pytest.approx(wait)
     assert REGISTRY.get_sample_value("atelier_predicted_wait_seconds") == pytest.approx(wait)
 
 
+def test_the_time_a_request_already_spent_in_the_server_counts_toward_its_completion():
+    gate = admission(budget=0.5)
+    gate.admit([GenerateRequest(model="diffusion", n=4, steps=50)])  # 0.258 s ahead
+    assert gate.admit([GenerateRequest(model="dcgan")])  # 0.258 + 0.002 s: admitted when it did not wait first
+    token = ARRIVED.set(time.perf_counter() - 0.25)  # it waited 0.25 s for a busy event loop before admission
+    try:
+        with pytest.raises(Overloaded):
+            gate.admit([GenerateRequest(model="dcgan")])
+    finally:
+        ARRIVED.reset(token)
+
+
+def test_a_request_longer_than_the_budget_alone_still_runs_on_an_idle_server():
+    gate = admission(budget=0.5)
+    assert gate.admit([GenerateRequest(model="diffusion", n=16, steps=250)])  # 4.25 s of its own
+    with pytest.raises(Overloaded):
+        gate.admit([GenerateRequest(model="diffusion", n=16, steps=250)])
+
+
 def test_batch_work_is_not_ahead_of_interactive_work_and_is_refused_first():
     gate = admission(budget=0.5)
-    while gate.predicted_wait(BATCH) <= 0.5:
-        gate.admit([GenerateRequest(model="diffusion", n=4, steps=50, priority="batch")])
+    gate.admit([GenerateRequest(model="diffusion", n=4, steps=50, priority="batch")])  # 0.258 s
+    gate.admit([GenerateRequest(model="diffusion", n=4, steps=40, priority="batch")])  # sharing runs: 0.426 s
     assert gate.predicted_wait(INTERACTIVE) == 0.0
     with pytest.raises(Overloaded):
-        gate.admit([GenerateRequest(model="dcgan", priority="batch")])
+        gate.admit([GenerateRequest(model="diffusion", n=4, steps=50, priority="batch")])
     assert gate.admit([GenerateRequest(model="dcgan")]).priority == INTERACTIVE
-    assert REGISTRY.get_sample_value("atelier_pending_work_seconds") > 0.5
+    assert REGISTRY.get_sample_value("atelier_pending_work_seconds") > 0.4
 
 
 def test_the_in_flight_cap_is_a_safety_net_behind_the_budget():

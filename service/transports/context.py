@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
 from service import logs
+from service.admission import ARRIVED
 from service.errors import AtelierError, Unauthenticated, http_status, invalid_request, public_message, retry_after
 from service.server import ServingCore
 
@@ -84,6 +85,7 @@ class RequestContext:
         request_id = logs.request_id(headers.get("x-request-id"))
         logs.REQUEST_ID.set(request_id)  # the route runs in this task: its error logs carry the id
         started, status = time.perf_counter(), 500
+        ARRIVED.set(started)
 
         async def send_with_id(message) -> None:
             nonlocal status

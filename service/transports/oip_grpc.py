@@ -22,6 +22,7 @@ import time
 import grpc
 
 from service import logs
+from service.admission import ARRIVED
 from service.errors import AtelierError, InvalidInput, grpc_code, public_message
 from service.protos import grpc_service_pb2 as pb
 from service.protos import grpc_service_pb2_grpc as pb_grpc
@@ -59,6 +60,7 @@ def answers_with_status(method):
         logs.REQUEST_ID.set(logs.request_id(offered if isinstance(offered, str) else None))
         await context.send_initial_metadata((("x-request-id", logs.REQUEST_ID.get()),))
         started, code = time.perf_counter(), grpc.StatusCode.OK
+        ARRIVED.set(started)
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:  # the client went away, or the server is shutting down
