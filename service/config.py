@@ -63,6 +63,10 @@ class Config:
     # None = open service (local use); a key set in the environment turns on bearer-token checks.
     # Kept out of repr so the key never reaches a log line.
     api_key: str | None = field(default=None, repr=False)
+    # The HMAC key that signs genome and session tokens (service/genomes.py), so clients carry the state
+    # and any replica sharing the key accepts it. None: a random key per process (tokens then die with the
+    # process and another replica refuses them). Kept out of repr like the API key.
+    genome_key: str | None = field(default=None, repr=False)
     # 0 lets onnxruntime use every core: one Engine per process owns the machine's cores.
     intra_op_threads: int = 0
     # onnxruntime's intra-op threads spin-wait for work after each op by default. Here runs of several
@@ -185,6 +189,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ATELIER_BATCH_FILL": ("batch_fill", _number("times a run's interactive cost", 1)),
     "ATELIER_SIMULATED_COST_MS": ("simulated_cost_ms", _cost_pair),
     "ATELIER_API_KEY": ("api_key", _text),
+    "ATELIER_GENOME_KEY": ("genome_key", _text),
     "ATELIER_INTRA_OP_THREADS": ("intra_op_threads", _integer(0)),
     "ATELIER_ORT_SPINNING": ("ort_spinning", _boolean),
     "ATELIER_DRAIN_SECONDS": ("drain_seconds", _number("seconds", 0)),

@@ -38,6 +38,9 @@ class GenerateRequest:
     mask: np.ndarray | None = field(default=None, repr=False)  # (32, 32) bool, True = repaint
     strength: float = rules.STRENGTH.default  # the fraction of the schedule run from the noised image (SDEdit)
     priority: str = rules.DEFAULT_PRIORITY
+    # the creative tools (service/creative.py): each image's starting vector given instead of drawn from
+    # its seed (n, *draw_shape) float32; the seed still draws everything after it (ancestral sampler noise)
+    noise: np.ndarray | None = field(default=None, repr=False)
 
     def with_seed(self) -> GenerateRequest:
         """This request with its seed fixed: the client's, or a random one (the only place one is drawn)."""
@@ -76,6 +79,10 @@ def validate(engine: Engine, request: GenerateRequest) -> None:
         raise InvalidInput(f"only the diffusion model edits images; {request.model!r} only generates")
     if request.mask is not None and request.init_image is None:
         raise InvalidInput("a mask needs the image it masks")
+    if request.noise is not None:
+        expected = (request.n, *draw_shape(engine, request.model))
+        if request.noise.shape != expected or not np.isfinite(request.noise).all():
+            raise InvalidInput(f"a starting vector for {request.model} has shape {expected[1:]} and finite values")
     rules.check_priority(request.priority)
 
 
@@ -138,28 +145,47 @@ async def resolve_classes(engine: Engine, request: GenerateRequest,
     return [int(rng.integers(classes)) for rng in rngs]  # a surprise class, still seed-determined
 
 
+def draw_shape(engine: Engine, model: str) -> tuple[int, ...]:
+    """The shape of one image's starting vector: dcgan's z, else a VAE latent (vae, gmm) or diffusion's noise."""
+    return (engine.manifest("dcgan").z_dim,) if model == "dcgan" else tuple(engine.manifest("vae").latent_shape)
+
+
+async def starting_draws(engine: Engine, request: GenerateRequest,
+                         rngs: list[np.random.Generator]) -> tuple[np.ndarray, list[int | None]]:
+    """Each image's starting vector and class, as `generate` uses them: the request's `noise` when given,
+    else drawn from each image's generator (dcgan: N(0, I) z; vae: an N(0, I) latent; gmm: a latent from
+    its class's mixture; diffusion: unit N(0, I) noise that the sampler scales by its first sigma)."""
+    if request.model == "diffusion":
+        class_ids: list[int | None] = [request.class_id] * request.n
+    elif request.model == "vae":  # the plain N(0, I) prior, the baseline the GMM prior improves on
+        class_ids = [None] * request.n
+    else:
+        class_ids = await resolve_classes(engine, request, rngs)  # before the vector: the seed's draw order
+    if request.noise is not None:
+        return request.noise.astype(np.float32), class_ids
+    if request.model == "dcgan":
+        z = np.stack([rng.standard_normal(engine.manifest("dcgan").z_dim) for rng in rngs]).astype(np.float32)
+        return z, class_ids
+    if request.model == "gmm":
+        return engine.sample_gmm(np.array(class_ids), rngs), class_ids
+    return samplers.noise_like(rngs, engine.manifest("vae").latent_shape), class_ids
+
+
 async def generate(engine: Engine, request: GenerateRequest) -> Generated:
     request = request.with_seed()
     validate(engine, request)
     rngs = image_rngs(request.seed, request.n)
-    class_ids: list[int | None]
+    draws, class_ids = await starting_draws(engine, request, rngs)
     if request.model == "diffusion":
-        class_ids = [request.class_id] * request.n
-        latents = await sample_diffusion(engine, request, rngs)
+        latents = await sample_diffusion(engine, request, rngs, draws)
         images = await engine.decode(latents)
         if request.mask is not None:  # outside the mask, the client's own pixels, exactly
             keep = ~request.mask[None, None]  # (1, 1, 32, 32)
             images = np.where(keep, to_unit(request.init_image)[None], images)
     elif request.model == "dcgan":
-        class_ids = await resolve_classes(engine, request, rngs)
-        z = np.stack([rng.standard_normal(engine.manifest("dcgan").z_dim) for rng in rngs]).astype(np.float32)
-        images = await engine.generate_gan(z, np.array(class_ids, np.int64))
-    elif request.model == "gmm":
-        class_ids = await resolve_classes(engine, request, rngs)
-        images = await engine.decode(engine.sample_gmm(np.array(class_ids), rngs))
-    else:  # vae: the plain N(0, I) prior, the baseline the GMM prior improves on
-        class_ids = [None] * request.n
-        images = await engine.decode(samplers.noise_like(rngs, engine.manifest("vae").latent_shape))
+        images = await engine.generate_gan(draws, np.array(class_ids, np.int64))
+    else:  # vae, gmm: one decode of the latents
+        images = await engine.decode(draws)
     return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], class_ids, request.model,
                      engine.manifest(request.model).version, provenance_parameters(request))
 
@@ -167,7 +193,7 @@ async def generate(engine: Engine, request: GenerateRequest) -> Generated:
 def provenance_parameters(request: GenerateRequest) -> dict:
     """What made the image, for its PNG chunks: the request's settings, and the sha256 of an input
     image or mask rather than its pixels. The priority only decided when it ran, so it is left out."""
-    uploads = {"init_image": request.init_image, "mask": request.mask}
+    uploads = {"init_image": request.init_image, "mask": request.mask, "noise": request.noise}
     parameters = {f.name: getattr(request, f.name) for f in fields(request)
                   if f.name not in ("model", "priority") and f.name not in uploads
                   and getattr(request, f.name) is not None}
@@ -195,7 +221,8 @@ def latent_mask(mask: np.ndarray, latent_side: int) -> np.ndarray:
     return blocks.astype(np.float32)[None, None]
 
 
-async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[np.random.Generator]) -> np.ndarray:
+async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[np.random.Generator],
+                           unit_noise: np.ndarray) -> np.ndarray:
     """Latents (n, 4, 8, 8): the sampler loop awaits the Engine once per step, so requests at
     different steps share each denoise run (step-level continuous batching)."""
     manifest = engine.manifest("diffusion")
@@ -229,7 +256,7 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         # so every sampler is told exactly that, and its steps blend the repainted cells into it
         return repaint * denoised + (1.0 - repaint) * known
 
-    x = samplers.initial_noise(rngs, shape, float(sigmas[0]))
+    x = float(sigmas[0]) * unit_noise  # samplers.initial_noise from the drawn ε; a python float keeps float32
     if known is not None:
         x = x + known  # SDEdit: the image, noised to the first sigma of the schedule's tail
     kwargs = {"eta": request.eta} if request.sampler == "ddim" else {}

@@ -51,6 +51,19 @@ GUIDANCE = Bound("guidance", 0.0, 20.0, 3.0, "classifier-free guidance scale (di
 ETA = Bound("eta", 0.0, 1.0, 0.0, "DDIM stochasticity (diffusion)")
 STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "fraction of the schedule redrawn from an input image (SDEdit)")
 
+# The creative tools (service/creative.py): interpolation, breeding, interactive sessions.
+# Frames share batched runs; 2 are the endpoints alone, 32 make a one-second loop at 30 fps.
+FRAMES = Bound("frames", 2, 32, 8, "frames of an interpolation, both endpoints included")
+FRAME_MS = Bound("frame_ms", 20, 2000, 120, "milliseconds per frame of the animation")
+PARENTS = Bound("parents", 2, 8, None, "distinct parent genomes of a breeding")
+CHILDREN = Bound("children", 1, 16, 4, "children of a breeding (as n bounds a generation)")
+MUTATION = Bound("mutation", 0.0, 1.0, 0.2, "share of a child's variance drawn fresh from the prior (0: crossover only)")
+# CEM needs a few candidates to pick elites from; 16 keeps a round one ordinary request's size
+POPULATION = Bound("population", 4, 16, 8, "candidates per round of an interactive session")
+SCORE = Bound("score", -1e6, 1e6, None, "a candidate's score (higher is liked more)")
+# A genome with an explicit 256-float latent is ~1.5 kB of base64; a session carries two such vectors
+MAX_TOKEN_CHARS = 8192
+
 
 def check_prompt(prompt: str) -> None:
     if not 0 < len(prompt) <= MAX_PROMPT_CHARS:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from service import batcher, metrics, pipelines, rules
+from service import batcher, genomes, metrics, pipelines, rules
 from service.admission import PRIORITY_OF, Admission
 from service.config import Config
 from service.engine import Engine
@@ -52,6 +52,8 @@ class ServingCore:
         self.ready = False  # True once warmed up; False again while draining
         self.inflight_tasks: set[asyncio.Task] = set()
         self.draining = self.drain_expired = False
+        # signs genome and session tokens; without ATELIER_GENOME_KEY they are valid in this process only
+        self.signer = genomes.Signer.from_key(config.genome_key)
 
     # --- admission ---------------------------------------------------------------------------------
 
@@ -205,6 +207,27 @@ def png_bytes(image: np.ndarray, generated: pipelines.Generated, seed: int, prov
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def animation_bytes(images: Sequence[np.ndarray], frame_ms: int, image_format: Literal["webp", "gif"]) -> bytes:
+    """The frames as a looping animation: lossless WebP (exact pixels), or GIF for old viewers (a
+    palette of at most 256 colours per frame)."""
+    frames = [Image.fromarray(image) for image in images]
+    buffer = io.BytesIO()
+    options = {"lossless": True, "quality": 100} if image_format == "webp" else {"disposal": 1}
+    frames[0].save(buffer, format=image_format.upper(), save_all=True, append_images=frames[1:], duration=frame_ms,
+                   loop=0, **options)
+    return buffer.getvalue()
+
+
+def sheet_png(frames: Sequence[pipelines.Generated], provenance: dict[str, str]) -> bytes:
+    """One-image results side by side in one PNG (a sprite sheet); its chunks list every frame's seed and
+    parameters."""
+    parameters = {"frames": [{"seed": frame.seeds[0], **frame.parameters} for frame in frames]}
+    sheet = pipelines.Generated(np.concatenate([frame.images[0] for frame in frames], axis=1)[None],
+                                frames[0].seeds, frames[0].class_ids, frames[0].model, frames[0].version,
+                                json.loads(json.dumps(parameters, default=str)))
+    return png_bytes(sheet.images[0], sheet, sheet.seeds[0], provenance)
 
 
 async def generate_rows(core: ServingCore, rows: Sequence[pipelines.GenerateRequest]) -> list[pipelines.Generated]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from service import uploads
-from service.transports import json_api, oip_http, openai_images
+from service.transports import creative_api, json_api, oip_http, openai_images
 from service.transports.context import RequestContext, install_error_handlers
 
 VERSION = "1.0.0"
@@ -25,6 +25,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Atelier", version=VERSION, max_body_size=oip_http.MAX_BODY_BYTES,
                   description="Generative-art model server: GAN, VAE + GMM prior and latent diffusion on onnxruntime.")
     app.include_router(json_api.router)
+    app.include_router(creative_api.router)
     app.include_router(oip_http.router)
     app.include_router(openai_images.router, max_body_size=OPENAI_MAX_BODY_BYTES)
     install_error_handlers(app)

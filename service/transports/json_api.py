@@ -1,4 +1,5 @@
-"""Atelier's own JSON API under `/v1`: generate (n images as JSON), image.png (one PNG file) and models.
+"""Atelier's own JSON API under `/v1`: generate (n images as JSON, with their genomes on request),
+image.png (one PNG file) and models. The creative tools are in creative_api.py.
 
 The routes are module functions that reach the core through the app's state (`context.core_of`),
 not methods of the BentoML service: BentoML injects a method's `self` through a synchronous FastAPI
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from service import pipelines, rules
+from service import creative, genomes, pipelines, rules
 from service.server import EncodedImage
 from service.transports.bodies import GenerationSettings, PriorityName, Prompt, SamplerName, bounded
 from service.transports.context import client_gone, core_of
@@ -29,6 +30,8 @@ class GenerateBody(GenerationSettings):
     class_: Annotated[int | str | None, Field(alias="class", description="class id or one of the model's names")] = None
     prompt: Prompt | None = None
     output: Literal["png", "raw"] = "png"
+    genome: Annotated[bool, Field(description="also return each image's genome token (for /v1/breed, "
+                                              "/v1/interpolate and /v1/regenerate)")] = False
 
 
 class GeneratedImage(BaseModel):
@@ -37,6 +40,7 @@ class GeneratedImage(BaseModel):
     png_base64: str | None = None
     raw_base64: str | None = Field(None, description="uint8 RGB, row-major (height, width, 3)")
     shape: list[int]
+    genome: str | None = Field(None, description="the token that regenerates this image exactly")
 
     @classmethod
     def of(cls, image: EncodedImage) -> GeneratedImage:
@@ -60,8 +64,12 @@ async def generate(body: GenerateBody, request: Request) -> GenerateResponse:
     plain = body.to_request(core.class_id(body.model, body.class_), body.prompt)
     async with core.admitted("/v1/generate", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
+    images = [GeneratedImage.of(image) for image in core.encode(generated, body.output)]
+    if body.genome:
+        tokens = [genomes.seal_genome(core.signer, genome) for genome in creative.genomes_of(plain, generated)]
+        images = [image.model_copy(update={"genome": token}) for image, token in zip(images, tokens)]
     return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
-                            images=[GeneratedImage.of(image) for image in core.encode(generated, body.output)])
+                            images=images)
 
 
 @router.get("/image.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
