@@ -55,7 +55,7 @@ taken inside one repetition (both sides measured seconds apart in the same run) 
 ```
 make bench        # full suite (this page, docs/perf/*.png, docs/perf/summary.json); took {meta['wall_s'] / 60:.0f} min here
 make bench-quick  # ≤ 5 min: concurrency 32 only, no tuning sweep; writes bench/results/quick/
-make bench-steps  # ≤ 2 min: step-level vs request-level diffusion batching only, printed
+make bench-steps  # ≤ 4 min: step- vs request-level diffusion (queue orders, simulated accelerator) only, printed
 ```
 Raw per-request results: `bench/results/{meta['raw_file']}` (gitignored).
 

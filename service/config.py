@@ -49,9 +49,10 @@ class Config:
     # the cost model were ever wrong; on this machine the budget refuses long before it binds.
     max_inflight: int = 1024
     # Which queued rows of a priority run first: "age" (oldest request first: a request's steps are not
-    # overtaken by newer requests', so waits are FCFS-like and predictable), "remaining" (least remaining
-    # work first) or "arrival" (each submission in turn, the round-robin of plain continuous batching).
-    # bench/suite.py measures all three; "age" won on p95 at equal throughput (docs/PERFORMANCE.md).
+    # overtaken by newer requests', so waits are FCFS-like, as admission's prediction assumes), "remaining"
+    # (least remaining work first) or "arrival" (each submission in turn, the round-robin of plain continuous
+    # batching). On 2 cores the three are within noise of each other (make bench, docs/PERFORMANCE.md §3:
+    # p95 ÷ request-level 0.97x, 0.93x, 0.95x at 1.03-1.04x the throughput).
     queue_order: Literal["age", "remaining", "arrival"] = "age"
     # Batch-priority rows fill a run while it costs at most this many times its interactive rows alone (one
     # row's cost when there are none). Measured on 2 cores under a flood of batch requests (bench/admission.py):
