@@ -140,12 +140,12 @@ def check_parents(parents: list[Genome]) -> None:
                            f"got {len(parents)}")
     if len({parent.model for parent in parents}) > 1:
         raise InvalidInput(f"parents must come from one model, got {sorted({p.model for p in parents})}")
-    keys = [json_key(parent) for parent in parents]
+    keys = [genome_identity(parent) for parent in parents]
     if len(set(keys)) < len(keys):
         raise InvalidInput("parents must be distinct genomes; the same genome was given twice")
 
 
-def json_key(genome: Genome) -> tuple:
+def genome_identity(genome: Genome) -> tuple:
     noise = None if genome.noise is None else genome.noise.tobytes()
     return (genome.model, genome.version, genome.seed, genome.class_id, genome.prompt, genome.steps,
             genome.guidance, genome.sampler, genome.eta, noise)
@@ -234,7 +234,8 @@ def next_round(session: Session, scores: list[float]) -> Session:
 
 
 def seal_session(signer: Signer, session: Session) -> str:
-    return signer.seal("s", {"genome": genome_of(session.template, session.version).to_payload(), "round": session.round, "population": session.population,
+    genome = genome_of(session.template, session.version)
+    return signer.seal("s", {"genome": genome.to_payload(), "round": session.round, "population": session.population,
                              "mean": genomes.pack_array(session.mean), "scale": genomes.pack_array(session.scale)})
 
 

@@ -68,7 +68,7 @@ class BreedBody(Body):
 
 class InterpolateBody(ConditionedBody):
     seeds: Annotated[list[Annotated[int, bounded(rules.SEED)]] | None,
-                     Field(min_length=2, max_length=2, description="two seeds, with this body's model and condition")] = None
+                     Field(min_length=2, max_length=2, description="two seeds (this body's condition)")] = None
     genomes: Annotated[list[GenomeToken] | None, Field(min_length=2, max_length=2, description="two genomes")] = None
     frames: Annotated[int, bounded(rules.FRAMES)] = rules.FRAMES.default
     frame_ms: Annotated[int, bounded(rules.FRAME_MS)] = rules.FRAME_MS.default
@@ -109,7 +109,8 @@ class SessionResponse(ImagesResponse):
     round: int
 
 
-async def run(core: ServingCore, route: str, requests: Sequence[pipelines.GenerateRequest]) -> list[pipelines.Generated]:
+async def run(core: ServingCore, route: str,
+              requests: Sequence[pipelines.GenerateRequest]) -> list[pipelines.Generated]:
     """One-image requests admitted together and run concurrently, so they share batched runs."""
     async with core.admitted(route, "json", list(requests)):
         return await generate_rows(core, requests)
