@@ -37,6 +37,7 @@ class GenerateRequest:
     init_image: np.ndarray | None = field(default=None, repr=False)  # (32, 32, 3) uint8
     mask: np.ndarray | None = field(default=None, repr=False)  # (32, 32) bool, True = repaint
     strength: float = rules.STRENGTH.default  # the fraction of the schedule run from the noised image (SDEdit)
+    upload_sha256: str | None = None  # the client's uploaded file, as it sent it (uploads.Edit.sha256)
     priority: str = rules.DEFAULT_PRIORITY
     # the creative tools (service/creative.py): each image's starting vector given instead of drawn from
     # its seed (n, *draw_shape) float32; the seed still draws everything after it (ancestral sampler noise)
@@ -191,8 +192,9 @@ async def generate(engine: Engine, request: GenerateRequest) -> Generated:
 
 
 def provenance_parameters(request: GenerateRequest) -> dict:
-    """What made the image, for its PNG chunks: the request's settings, and the sha256 of an input
-    image or mask rather than its pixels. The priority only decided when it ran, so it is left out."""
+    """What made the image, for its PNG chunks: the request's settings, the sha256 of an input image or
+    mask rather than its pixels (and of the uploaded file, with `composite` when the output is made from
+    a client's image). The priority only decided when it ran, so it is left out."""
     uploads = {"init_image": request.init_image, "mask": request.mask, "noise": request.noise}
     parameters = {f.name: getattr(request, f.name) for f in fields(request)
                   if f.name not in ("model", "priority") and f.name not in uploads
@@ -202,6 +204,8 @@ def provenance_parameters(request: GenerateRequest) -> dict:
             parameters.pop(key)
     elif request.init_image is None:
         parameters.pop("strength")
+    else:  # made from a client's image: the output composites it with generated pixels
+        parameters["composite"] = True
     for name, upload in uploads.items():
         if upload is not None:
             parameters[f"{name}_sha256"] = hashlib.sha256(upload.tobytes()).hexdigest()

@@ -50,6 +50,9 @@ STEPS = Bound("steps", 1, 250, 30, "sampler steps (diffusion)")
 GUIDANCE = Bound("guidance", 0.0, 20.0, 3.0, "classifier-free guidance scale (diffusion)")
 ETA = Bound("eta", 0.0, 1.0, 0.0, "DDIM stochasticity (diffusion)")
 STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "fraction of the schedule redrawn from an input image (SDEdit)")
+# img2img without a mask (JSON and OpenAI routes): redraw most details; with Karras sigmas the sketch's
+# layout mostly survives only below ~0.4 (measured in docs/CREATIVE.md)
+IMG2IMG_STRENGTH = 0.6
 
 # The creative tools (service/creative.py): interpolation, breeding, interactive sessions.
 # Frames share batched runs; 2 are the endpoints alone, 32 make a one-second loop at 30 fps.

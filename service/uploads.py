@@ -7,15 +7,20 @@ the training set's white canvas, padded to a square and resized to the models' 3
 emoji were when the models learnt them.
 
 Masks follow OpenAI's convention: a PNG of the image's size with an alpha channel, whose fully
-transparent pixels mark the area to repaint.
+transparent pixels mark the area to repaint. JSON routes send the same files as base64 text
+(`from_base64`), and a result can be returned at the upload's aspect and size (`restore_aspect`).
 
     .venv/bin/python -m pytest tests/test_uploads.py -q
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,6 +31,21 @@ MAX_UPLOAD_BYTES = 4 * 2**20  # a 32x32 model needs far less; 4 MiB admits any o
 MAX_UPLOAD_PIXELS = 4096 * 4096  # the header's claim is checked before decoding (decompression bombs)
 IMAGE_SIZE = 32
 WHITE = (255, 255, 255)  # export/data.py's canvas
+# base64 needs 4 characters per 3 bytes; a data URL's short prefix fits in the slack
+MAX_UPLOAD_BASE64_CHARS = 4 * (MAX_UPLOAD_BYTES // 3 + 1) + 64
+# a result is a 32x32 drawing: returned at the upload's size up to this side, past which an upscale adds
+# only blur and bytes (16 images of 512x512 are a few MB of PNG)
+MAX_RETURN_SIDE = 512
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An upload decoded once for a model: what the pipeline takes and what the answer and provenance need."""
+
+    image: np.ndarray  # (32, 32, 3) uint8 RGB on white
+    mask: np.ndarray | None  # (32, 32) bool, True = repaint
+    size: tuple[int, int]  # the upload's (width, height)
+    sha256: str  # of the uploaded image's bytes, for provenance
 
 
 def _open(payload: bytes, what: str) -> Image.Image:
@@ -56,12 +76,40 @@ def decode_image(payload: bytes, what: str = "image") -> np.ndarray:
     return _model_input(_open(payload, what))
 
 
-def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> Edit:
     """An image and its optional mask, each decoded once: the image as `decode_image` gives it, the
     mask as (32, 32) bool, True where the image is to be repainted."""
     image = _open(image_payload, "image")
     mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), image.size)
-    return _model_input(image), mask
+    return Edit(_model_input(image), mask, image.size, hashlib.sha256(image_payload).hexdigest())
+
+
+def from_base64(text: str, what: str = "image") -> bytes:
+    """A file sent as base64 text in a JSON body (a `data:image/...;base64,` URL prefix is allowed), with
+    its length bounded before decoding; the bytes then go through `decode_edit`'s checks."""
+    if len(text) > MAX_UPLOAD_BASE64_CHARS:
+        raise InvalidInput(f"{what} has {len(text)} base64 characters; the limit is {MAX_UPLOAD_BASE64_CHARS} "
+                           f"({MAX_UPLOAD_BYTES} bytes)")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{what} is not valid base64") from None
+
+
+def restore_aspect(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, 32, 32, 3) results -> (N, H, W, 3) at the upload's (width, height), scaled down to at most
+    MAX_RETURN_SIDE on the longer side: the padding `decode_edit` added to make the upload square is
+    cropped off, so the result has the upload's aspect again."""
+    width, height = size
+    scale = min(1.0, MAX_RETURN_SIDE / max(width, height))
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    side = IMAGE_SIZE / max(width, height)  # model pixels per upload pixel
+    left, top = (IMAGE_SIZE - width * side) / 2, (IMAGE_SIZE - height * side) / 2  # ImageOps.pad centres
+    box = (left, top, IMAGE_SIZE - left, IMAGE_SIZE - top)
+    return np.stack([np.asarray(Image.fromarray(image).resize(target, Image.Resampling.LANCZOS, box=box))
+                     for image in images])
 
 
 def _model_input(image: Image.Image) -> np.ndarray:

@@ -48,7 +48,7 @@ def test_transparent_pixels_become_the_white_training_canvas():
 def test_mask_marks_transparent_pixels_for_repainting():
     mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # left half transparent: repaint it
-    _, repaint = uploads.decode_edit(png(Image.new("RGB", (64, 64))), png(mask))
+    repaint = uploads.decode_edit(png(Image.new("RGB", (64, 64))), png(mask)).mask
     assert repaint.shape == (32, 32) and repaint[:, :16].all() and not repaint[:, 16:].any()
 
 

@@ -35,7 +35,6 @@ from service.transports.context import client_gone, core_of, error_status_and_he
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images API"])
 
 SIZE = "32x32"  # every model draws 32x32; OpenAI's "auto" means the same
-IMG2IMG_STRENGTH = 0.6  # edits without a mask and variations: keep the layout, redraw the details
 MAX_FORM_FIELDS = 32
 
 
@@ -76,9 +75,11 @@ async def edit_images(request: Request) -> JSONResponse:
     async def plain_request() -> pipelines.GenerateRequest:
         fields, files = await read_form(request, ("image", "mask"))
         body = parse(ImageEditForm, fields)
-        image, mask = uploads.decode_edit(files["image"], files.get("mask"))
-        strength = body.strength if body.strength is not None else 1.0 if mask is not None else IMG2IMG_STRENGTH
-        return to_plain(body, init_image=image, mask=mask, strength=strength)
+        edit = uploads.decode_edit(files["image"], files.get("mask"))
+        # a masked area is redrawn whole; an unmasked image keeps some of its layout
+        default = rules.STRENGTH.maximum if edit.mask is not None else rules.IMG2IMG_STRENGTH
+        strength = body.strength if body.strength is not None else default
+        return to_plain(body, init_image=edit.image, mask=edit.mask, strength=strength, upload_sha256=edit.sha256)
 
     return await answer(request, "/v1/images/edits", plain_request)
 
@@ -91,8 +92,9 @@ async def image_variations(request: Request) -> JSONResponse:
     async def plain_request() -> pipelines.GenerateRequest:
         fields, files = await read_form(request, ("image",))
         body = parse(ImageVariationForm, fields)
-        strength = body.strength if body.strength is not None else IMG2IMG_STRENGTH
-        return to_plain(body, init_image=uploads.decode_image(files["image"]), strength=strength)
+        edit = uploads.decode_edit(files["image"], None)
+        strength = body.strength if body.strength is not None else rules.IMG2IMG_STRENGTH
+        return to_plain(body, init_image=edit.image, strength=strength, upload_sha256=edit.sha256)
 
     return await answer(request, "/v1/images/variations", plain_request)
 

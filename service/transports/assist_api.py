@@ -1,0 +1,69 @@
+"""Sketch assist in the JSON API: `POST /v1/img2img` (an image or a rough sketch + strength -> SDEdit on
+diffusion, with a class or prompt) and `POST /v1/inpaint` (image + mask -> the masked area repainted, the
+rest kept). JSON bodies like every `/v1` route, the files as base64 text (`uploads.from_base64`); they
+decode with the same `uploads.decode_edit` as the OpenAI edits route, into the same
+`pipelines.GenerateRequest`, and run through `core.admitted` + `core.generate`. Results come back at the
+upload's aspect and size (at most `uploads.MAX_RETURN_SIDE` a side), with provenance: the upload's
+sha256 and `composite: true`.
+
+    curl -s localhost:3000/v1/img2img -H 'content-type: application/json' \
+         -d "{\"image\": \"$(base64 -w0 sketch.png)\", \"strength\": 0.6, \"prompt\": \"a red heart\", \"seed\": 1}"
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from pydantic import Field
+
+from service import pipelines, rules, uploads
+from service.transports.bodies import GenerationSettings, Prompt, bounded
+from service.transports.context import client_gone, core_of
+from service.transports.json_api import GeneratedImage, GenerateResponse
+
+router = APIRouter(prefix="/v1", tags=["Sketch assist"])
+
+Base64File = Annotated[str, Field(min_length=1, max_length=uploads.MAX_UPLOAD_BASE64_CHARS,
+                                  description="a PNG, JPEG or WebP file as base64 (a data: URL prefix is allowed)")]
+
+
+class Img2ImgBody(GenerationSettings):
+    image: Annotated[Base64File, Field(description="the image or sketch to start from, any size up to "
+                                                   f"{uploads.MAX_UPLOAD_PIXELS} pixels")]
+    class_: Annotated[int | str | None, Field(alias="class", description="class id or one of the model's names")] = None
+    prompt: Prompt | None = None
+    strength: Annotated[float, bounded(rules.STRENGTH)] = rules.IMG2IMG_STRENGTH
+
+
+class InpaintBody(Img2ImgBody):
+    mask: Annotated[Base64File, Field(description="a PNG of the image's size whose fully transparent pixels "
+                                                  "mark the area to repaint (OpenAI's convention)")]
+    strength: Annotated[float, bounded(rules.STRENGTH)] = rules.STRENGTH.maximum  # the masked area redrawn whole
+
+
+@router.post("/img2img", response_model=GenerateResponse)
+async def img2img(body: Img2ImgBody, request: Request) -> GenerateResponse:
+    """Images that start from an uploaded image or sketch: strength 0 returns it, 1 ignores it."""
+    edit = uploads.decode_edit(uploads.from_base64(body.image, "image"), None)
+    return await answer(request, "/v1/img2img", body, edit)
+
+
+@router.post("/inpaint", response_model=GenerateResponse)
+async def inpaint(body: InpaintBody, request: Request) -> GenerateResponse:
+    """The masked area of an uploaded image repainted; the pixels outside the mask are the upload's own."""
+    edit = uploads.decode_edit(uploads.from_base64(body.image, "image"), uploads.from_base64(body.mask, "mask"))
+    return await answer(request, "/v1/inpaint", body, edit)
+
+
+async def answer(request: Request, route: str, body: Img2ImgBody, edit: uploads.Edit) -> GenerateResponse:
+    """Admit, run, return at the upload's aspect: the path both routes share."""
+    core = core_of(request)
+    plain = body.to_request(core.class_id(body.model, body.class_), body.prompt, init_image=edit.image,
+                            mask=edit.mask, strength=body.strength, upload_sha256=edit.sha256)
+    async with core.admitted(route, "json", [plain]):
+        generated = await core.generate(plain, lambda: client_gone(request))
+    restored = replace(generated, images=uploads.restore_aspect(generated.images, edit.size))
+    return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
+                            images=[GeneratedImage.of(image) for image in core.encode(restored)])
