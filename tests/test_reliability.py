@@ -189,7 +189,7 @@ def test_killed_worker_is_replaced_and_answers_again_within_30_s(guarded):
         # No hang: a transport error comes at once. A request sent while no worker runs waits in the
         # listening socket's backlog (the socket belongs to `bentoml serve`, which outlives its worker)
         # and is answered by the replacement: 200, or a 429 + Retry-After when the backlog arrives at
-        # once and passes the in-flight limit.
+        # once and its predicted completion passes the admission budget.
         assert status in (200, 429) or (isinstance(status, str) and took < 2.0) or status >= 500, outcomes
     log.info("kill -9 at %.1f s: first success %.1f s later; outcomes %s", killed_at[0],
              min(recovered) - killed_at[0], outcomes)
