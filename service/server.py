@@ -82,7 +82,9 @@ class ServingCore:
                 status = "503"
                 raise NotReady(f"the server shut down before this request finished "
                                f"(drain limit {self.config.drain_seconds:g} s); retry") from None
-            status = str(http_status(error))
+            # a cancellation outside the drain is the client going away (a gRPC cancel or deadline): 499, as an
+            # HTTP disconnect is, not a server error that would page someone
+            status = "499" if isinstance(error, asyncio.CancelledError) else str(http_status(error))
             raise
         finally:
             metrics.REQUESTS.labels(route, model, status, protocol).inc()

@@ -292,6 +292,10 @@ def test_requests_beyond_the_inflight_limit_are_refused_on_both_transports(guard
         deadline = time.monotonic() + 10
         while metric_value(guarded_server.metrics(), "atelier_inflight") > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        # ...and is counted as a client that went away (499), not as a server error
+        after = guarded_server.metrics()
+        assert metric_value(after, "atelier_requests_total", model="diffusion", protocol="oip_grpc", status="499") == 1
+        assert metric_value(after, "atelier_requests_total", status="500") == 0
         assert client.infer("dcgan", inputs_for(triton_grpc, [1]), headers=key).as_numpy("image").shape[0] == 1
     finally:
         client.close()

@@ -75,6 +75,21 @@ def test_empty_foreign_or_oversized_upload_is_refused(payload, reason):
         uploads.decode_image(payload)
 
 
+@pytest.mark.parametrize("kind", ["TIFF", "BMP", "GIF", "ICO"])
+def test_formats_beyond_png_jpeg_and_webp_are_refused(kind):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format=kind)
+    with pytest.raises(InvalidInput, match="not a PNG, JPEG or WebP"):
+        uploads.decode_image(buffer.getvalue())
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG", "WEBP"])
+def test_png_jpeg_and_webp_are_accepted(kind):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format=kind)
+    assert uploads.decode_image(buffer.getvalue()).shape == (32, 32, 3)
+
+
 def test_truncated_image_is_refused():
     with pytest.raises(InvalidInput, match="truncated or corrupt|not a PNG"):
         uploads.decode_image(png(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
