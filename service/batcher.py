@@ -344,14 +344,14 @@ class ContinuousBatcher:
         the order fair (no small late chunk jumps a large early one)."""
         self._queue.sort(key=self._order_key)
         chunks: list[_Chunk] = []
-        rows, limit, filling = 0, self.max_batch, False
+        rows, limit, filling, taken = 0, self.max_batch, False, 0
         now = time.perf_counter()
-        for chunk in list(self._queue):
+        for chunk in self._queue:  # a prefix of the sorted queue is taken
             if chunk.priority != INTERACTIVE and not filling:
                 filling, limit = True, self._batch_fill_limit(rows)
             if chunks and rows + chunk.rows > limit:  # the first chunk always runs (it is at most max_batch)
                 break
-            self._queue.remove(chunk)
+            taken += 1
             chunk.queued = False
             self._queued_rows -= chunk.rows
             if chunk.future.done():  # cancelled, and its caller has not yet run to withdraw it
@@ -360,6 +360,7 @@ class ContinuousBatcher:
             rows += chunk.rows
             self._queue_wait.observe(now - chunk.submitted_at)
             chunks.append(chunk)
+        del self._queue[:taken]
         self._queue_depth.set(self._queued_rows)
         return chunks
 
