@@ -27,6 +27,7 @@ import time
 import httpx
 import numpy as np
 
+from bench import load
 from harness.serving import AtelierServer, metric_value
 
 log = logging.getLogger("bench.admission")
@@ -35,11 +36,6 @@ MIXED_STEPS = (10, 25, 50)
 INTERACTIVE = {"model": "diffusion", "class": 3, "steps": 25}
 BATCH = {"model": "diffusion", "class": 5, "steps": 25, "n": 8, "priority": "batch"}
 TIMEOUT_S = 120.0
-
-
-def client(connections: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=TIMEOUT_S, limits=httpx.Limits(max_connections=connections,
-                                                                    max_keepalive_connections=connections))
 
 
 async def post(http: httpx.AsyncClient, url: str, body: dict) -> tuple[int, float]:
@@ -56,7 +52,7 @@ def percentile(seconds: list[float], q: float) -> float:
 
 
 async def burst(url: str, count: int) -> dict:
-    async with client(count) as http:
+    async with load.client(count, TIMEOUT_S) as http:
         answers = await asyncio.gather(*(post(http, url, {"model": "dcgan", "class": i % 9, "seed": i})
                                          for i in range(count)))
     statuses = [status for status, _ in answers]
@@ -93,7 +89,7 @@ async def mixed(url: str, users: int, seconds: float) -> dict:
             sent += 1
 
     stop = asyncio.Event()
-    async with client(users) as http:
+    async with load.client(users, TIMEOUT_S) as http:
         sampler = asyncio.create_task(sample_gauges(url, stop))
         await asyncio.gather(*(user(i) for i in range(users)))
         stop.set()
@@ -104,7 +100,7 @@ async def mixed(url: str, users: int, seconds: float) -> dict:
 
 
 async def interactive_alone(url: str, count: int) -> list[tuple[int, float]]:
-    async with client(1) as http:
+    async with load.client(1, TIMEOUT_S) as http:
         return [await post(http, url, {**INTERACTIVE, "seed": seed}) for seed in range(count)]
 
 
@@ -119,7 +115,7 @@ async def flood(url: str, batch_clients: int, interactive_count: int) -> dict:
             batch_answers.append(await post(http, url, {**BATCH, "seed": seed}))
             seed += 1
 
-    async with client(batch_clients) as http:
+    async with load.client(batch_clients, TIMEOUT_S) as http:
         users = [asyncio.create_task(batch_user(i)) for i in range(batch_clients)]
         await asyncio.sleep(3.0)  # the flood builds up before the interactive user starts
         loaded = await interactive_alone(url, interactive_count)

@@ -77,10 +77,11 @@ async def _send(client: httpx.AsyncClient, url: str, body: Body, origin: float) 
     return Answer(started - origin, time.perf_counter() - started, status, images)
 
 
-def _client(connections: int, timeout_s: float) -> httpx.AsyncClient:
-    # One pooled connection per concurrent request: a shared connection would serialise them.
+def client(connections: int, timeout_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """The load generators' HTTP client: one pooled connection per concurrent request (a shared
+    connection would serialise them)."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(limits=limits, timeout=timeout_s)
+    return httpx.AsyncClient(limits=limits, timeout=timeout_s, headers=headers)
 
 
 async def closed_loop(url: str, make_body: Callable[[int], Body], concurrency: int, duration_s: float,
@@ -88,14 +89,14 @@ async def closed_loop(url: str, make_body: Callable[[int], Body], concurrency: i
     """`concurrency` clients in lock-step request/answer loops; `make_body(i)` builds request i."""
     result = LoadResult(window=(warmup_s, warmup_s + duration_s))
     issued = 0
-    async with _client(concurrency, timeout_s) as client:
+    async with client(concurrency, timeout_s) as http:
         origin = time.perf_counter()
 
         async def user() -> None:
             nonlocal issued
             while time.perf_counter() - origin < warmup_s + duration_s:
                 issued += 1
-                result.answers.append(await _send(client, url, make_body(issued), origin))
+                result.answers.append(await _send(http, url, make_body(issued), origin))
 
         await asyncio.wait_for(asyncio.gather(*(user() for _ in range(concurrency))),
                                warmup_s + duration_s + timeout_s)
@@ -105,12 +106,12 @@ async def closed_loop(url: str, make_body: Callable[[int], Body], concurrency: i
 async def open_loop(url: str, bodies: list[Body], arrivals: np.ndarray, timeout_s: float = 300.0) -> LoadResult:
     """Send bodies[i] at arrivals[i] seconds, never waiting for answers; the window ends at the last
     answer, so a server that falls behind shows a longer window and a lower throughput."""
-    async with _client(len(bodies), timeout_s) as client:
+    async with client(len(bodies), timeout_s) as http:
         origin = time.perf_counter()
 
         async def arrive(body: Body, at: float) -> Answer:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - origin)))
-            return await _send(client, url, body, origin)
+            return await _send(http, url, body, origin)
 
         answers = await asyncio.wait_for(
             asyncio.gather(*(arrive(body, at) for body, at in zip(bodies, arrivals))), arrivals[-1] + timeout_s)

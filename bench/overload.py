@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from service.config import Config
+from bench import load
 from harness.serving import AtelierServer, metric_value
+from service.config import Config
 
 log = logging.getLogger("bench.overload")
 
@@ -57,13 +58,8 @@ async def send(client: httpx.AsyncClient, url: str, seed: int) -> Outcome:
         return Outcome(0, time.perf_counter() - started, None, started)
 
 
-def client(connections: int, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, headers=headers, limits=httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections))
-
-
 async def unloaded(url: str, count: int, headers: dict[str, str] | None = None) -> list[Outcome]:
-    async with client(1, headers) as http:
+    async with load.client(1, CLIENT_TIMEOUT_S, headers) as http:
         return [await send(http, url, seed) for seed in range(count)]
 
 
@@ -79,7 +75,7 @@ async def closed_loop(url: str, clients: int, seconds: float,
             outcomes.append(await send(http, url, seed))
             seed += 1
 
-    async with client(clients, headers) as http:
+    async with load.client(clients, CLIENT_TIMEOUT_S, headers) as http:
         started = time.perf_counter()
         await asyncio.gather(*(user(i) for i in range(clients)))
         elapsed = time.perf_counter() - started
@@ -89,7 +85,7 @@ async def closed_loop(url: str, clients: int, seconds: float,
 async def open_loop(url: str, rate: float, seconds: float, headers: dict[str, str] | None = None) -> list[Outcome]:
     """Requests leave every 1/rate s for `seconds`, answered or not (the overload a crowd makes)."""
     count = int(rate * seconds)
-    async with client(count, headers) as http:
+    async with load.client(count, CLIENT_TIMEOUT_S, headers) as http:
         started = time.perf_counter()
         tasks = []
         for index in range(count):
