@@ -15,7 +15,7 @@ import signal
 
 import bentoml
 
-from service import logs, metrics
+from service import credentials, logs, metrics
 from service.config import load_config
 from service.engine import Engine
 from service.registry import Registry, verified_manifests
@@ -32,6 +32,8 @@ app = create_app()
 # tracing spans, ~4.7 KiB: at 600 s a 10-minute soak grew the worker's RSS by 10 %. Ours (a clean 504
 # that cancels the steps) fires first; BentoML's stays a backstop a few seconds later.
 BENTOML_TIMEOUT_MARGIN_SECONDS = 5
+# The software that signs Content Credentials (the claim generator of every C2PA manifest)
+GENERATOR = {"name": "Atelier", "version": app.version}
 
 
 @bentoml.service(name="Atelier", workers=1,
@@ -48,6 +50,7 @@ class Atelier:
         model file, or an unreadable manifest, stops the server with a non-zero exit and the file's name.
         The same error in a worker's __init__ would only be respawned by circus, forever, serving nothing."""
         verified_manifests(load_config().models_dir)
+        credentials.load(load_config(), GENERATOR)  # an unusable signing key or chain stops it the same way
 
     def __init__(self) -> None:
         logs.configure()
@@ -55,7 +58,7 @@ class Atelier:
         if config.prometheus_multiproc_dir:
             metrics.forget_dead_workers(config.prometheus_multiproc_dir)
         registry = Registry.load(config)  # raises, naming the file, on any mismatch
-        self.core = ServingCore(config, registry, Engine(registry, config))
+        self.core = ServingCore(config, registry, Engine(registry, config), credentials.load(config, GENERATOR))
         app.state.core = self.core
 
     @bentoml.on_startup

@@ -85,9 +85,20 @@ class Config:
     request_timeout_seconds: float = 60.0
     # A first run per function at start-up pays ORT's lazy allocations before /readyz says ready.
     warmup: bool = True
+    # Content Credentials (C2PA, service/credentials.py) on every PNG: the PEM files of the ES256 signing key and
+    # its certificate chain (leaf first, then intermediates), e.g. a mounted Kubernetes Secret. "auto" signs
+    # exactly when a key is configured, so a deployment turns signing on by mounting its key; "off" keeps a
+    # configured key unused; "on" refuses to start without one.
+    c2pa: Literal["auto", "on", "off"] = "auto"
+    c2pa_key_file: Path | None = None
+    c2pa_chain_file: Path | None = None
     # BentoML's variable, not ours: `bentoml serve` sets it for each worker (prometheus multiprocess
     # mode); None outside a served worker (tests, scripts), where there are no files to tidy.
     prometheus_multiproc_dir: Path | None = None
+
+    @property
+    def c2pa_enabled(self) -> bool:
+        return self.c2pa != "off" and self.c2pa_key_file is not None
 
 
 def load_config(environ: Mapping[str, str] = os.environ) -> Config:
@@ -97,7 +108,13 @@ def load_config(environ: Mapping[str, str] = os.environ) -> Config:
         raw = environ.get(variable, "").strip()
         if raw:
             overrides[field_name] = parse(variable, raw)
-    return Config(**overrides)
+    config = Config(**overrides)
+    if (config.c2pa_key_file is None) != (config.c2pa_chain_file is None):
+        raise ConfigError("ATELIER_C2PA_KEY_FILE and ATELIER_C2PA_CHAIN_FILE go together: a signing key needs its "
+                          "certificate chain")
+    if config.c2pa == "on" and config.c2pa_key_file is None:
+        raise ConfigError("ATELIER_C2PA=on needs ATELIER_C2PA_KEY_FILE and ATELIER_C2PA_CHAIN_FILE")
+    return config
 
 
 def _path(variable: str, raw: str) -> Path:
@@ -197,5 +214,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ATELIER_REQUEST_TIMEOUT_SECONDS": ("request_timeout_seconds", _number("seconds", 0, inclusive=False)),
     "ATELIER_FP16": ("use_fp16", _choice("auto", "on", "off")),
     "ATELIER_WARMUP": ("warmup", _boolean),
+    "ATELIER_C2PA": ("c2pa", _choice("auto", "on", "off")),
+    "ATELIER_C2PA_KEY_FILE": ("c2pa_key_file", _path),
+    "ATELIER_C2PA_CHAIN_FILE": ("c2pa_chain_file", _path),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _path),
 }

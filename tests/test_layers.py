@@ -18,7 +18,7 @@ SERVICE = Path(__file__).resolve().parent.parent / "service"
 # __init__ and the generated protobuf code are leaves, outside the walk)
 LAYERS = {
     "config": 0, "errors": 0, "logs": 0, "metrics": 0,
-    "manifest": 1, "fp16": 1, "rules": 1, "genomes": 1.5,
+    "manifest": 1, "fp16": 1, "rules": 1, "credentials": 1, "genomes": 1.5,
     "registry": 2, "batcher": 2, "engine": 3,
     "samplers": 4, "uploads": 4, "pipelines": 5, "creative": 5.2,
     "admission": 5.5, "server": 6,

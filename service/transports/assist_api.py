@@ -66,4 +66,4 @@ async def answer(request: Request, route: str, body: Img2ImgBody, edit: uploads.
         generated = await core.generate(plain, lambda: client_gone(request))
     restored = replace(generated, images=uploads.restore_aspect(generated.images, edit.size))
     return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
-                            images=[GeneratedImage.of(image) for image in core.encode(restored)])
+                            images=[GeneratedImage.of(image) for image in await core.encode(restored)])

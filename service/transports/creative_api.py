@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import creative, genomes, pipelines, rules
 from service.errors import InvalidInput
-from service.server import ServingCore, animation_bytes, generate_rows, sheet_png
+from service.server import ServingCore, animation_bytes, generate_rows
 from service.transports.bodies import ModelName, PriorityName, Prompt, SamplerName, bounded
 from service.transports.context import core_of
 from service.transports.json_api import GeneratedImage
@@ -116,13 +116,13 @@ async def run(core: ServingCore, route: str,
         return await generate_rows(core, requests)
 
 
-def images_of(core: ServingCore, requests: Sequence[pipelines.GenerateRequest],
-              results: Sequence[pipelines.Generated]) -> list[GeneratedImage]:
+async def images_of(core: ServingCore, requests: Sequence[pipelines.GenerateRequest],
+                    results: Sequence[pipelines.Generated]) -> list[GeneratedImage]:
     """Each result as a PNG with provenance and its genome."""
     answered = []
     for request, generated in zip(requests, results):
         genome = creative.genomes_of(request, generated)[0]
-        image = GeneratedImage.of(core.encode(generated)[0])
+        image = GeneratedImage.of((await core.encode(generated))[0])
         answered.append(image.model_copy(update={"genome": genomes.seal_genome(core.signer, genome)}))
     return answered
 
@@ -138,7 +138,8 @@ async def regenerate(body: RegenerateBody, request: Request) -> ImagesResponse:
     core = core_of(request)
     plain = genome_requests(core, [body.genome], body.priority)
     results = await run(core, "/v1/regenerate", plain)
-    return ImagesResponse(model=results[0].model, version=results[0].version, images=images_of(core, plain, results))
+    return ImagesResponse(model=results[0].model, version=results[0].version,
+                          images=await images_of(core, plain, results))
 
 
 @router.post("/breed", response_model=BreedResponse)
@@ -152,7 +153,7 @@ async def breed(body: BreedBody, request: Request) -> BreedResponse:
     children = await creative.offspring(core.engine, plain, body.children, body.mutation, seed)
     results = await run(core, "/v1/breed", children)
     return BreedResponse(model=results[0].model, version=results[0].version, seed=seed,
-                         images=images_of(core, children, results))
+                         images=await images_of(core, children, results))
 
 
 @router.post("/interpolate", response_model=InterpolateResponse)
@@ -170,12 +171,11 @@ async def interpolate(body: InterpolateBody, request: Request) -> InterpolateRes
     frames = await creative.interpolation_frames(core.engine, *endpoints, body.frames)
     results = await run(core, "/v1/interpolate", frames)
     pixels = [generated.images[0] for generated in results]
-    provenance = core.provenance(results[0].model)
     return InterpolateResponse(
-        model=results[0].model, version=results[0].version, images=images_of(core, frames, results),
+        model=results[0].model, version=results[0].version, images=await images_of(core, frames, results),
         animation_format=body.animation,
         animation_base64=base64.b64encode(animation_bytes(pixels, body.frame_ms, body.animation)).decode(),
-        sheet_png_base64=base64.b64encode(sheet_png(results, provenance)).decode() if body.sheet else None)
+        sheet_png_base64=base64.b64encode(await core.encode_sheet(results)).decode() if body.sheet else None)
 
 
 @router.post("/sessions", response_model=SessionResponse)
@@ -201,4 +201,4 @@ async def answer_session(core: ServingCore, route: str, session: creative.Sessio
     results = await run(core, route, candidates)
     return SessionResponse(model=session.template.model, version=session.version, round=session.round,
                            session=creative.seal_session(core.signer, session),
-                           images=images_of(core, candidates, results))
+                           images=await images_of(core, candidates, results))

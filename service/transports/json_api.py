@@ -64,7 +64,7 @@ async def generate(body: GenerateBody, request: Request) -> GenerateResponse:
     plain = body.to_request(core.class_id(body.model, body.class_), body.prompt)
     async with core.admitted("/v1/generate", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
-    images = [GeneratedImage.of(image) for image in core.encode(generated, body.output)]
+    images = [GeneratedImage.of(image) for image in await core.encode(generated, body.output)]
     if body.genome:
         tokens = [genomes.seal_genome(core.signer, genome) for genome in creative.genomes_of(plain, generated)]
         images = [image.model_copy(update={"genome": token}) for image, token in zip(images, tokens)]
@@ -87,7 +87,7 @@ async def image_png(request: Request, model: str = rules.DEFAULT_MODEL,
                                       steps=steps, guidance=guidance, sampler=sampler, priority=priority)
     async with core.admitted("/v1/image.png", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
-    return Response(core.encode(generated)[0].data, media_type="image/png")
+    return Response((await core.encode(generated))[0].data, media_type="image/png")
 
 
 @router.get("/models")

@@ -108,7 +108,7 @@ async def answer(request: Request, route: str, plain_request) -> JSONResponse:
             generated = await core.generate(plain, lambda: client_gone(request))
     except AtelierError as error:
         return openai_error(error)
-    data = [{"b64_json": base64.b64encode(image.data).decode()} for image in core.encode(generated)]
+    data = [{"b64_json": base64.b64encode(image.data).decode()} for image in await core.encode(generated)]
     return JSONResponse({"created": int(time.time()), "data": data, "output_format": "png", "size": SIZE})
 
 
