@@ -10,6 +10,7 @@ the single image of the same request with seed s + i, whatever else shared its b
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
 import emoji
@@ -58,6 +59,19 @@ class Generated:
     parameters: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One finished sampler step of a diffusion request, for progress streaming."""
+
+    step: int  # 1-based
+    total: int  # the steps this request runs (fewer than `steps` for img2img: strength x steps)
+    denoised: np.ndarray = field(repr=False)  # (n, 4, 8, 8) the sampler's current estimate of the clean latents
+
+
+# Called after every sampler step, inside the sampler's loop: it must not block (a stream puts it on a queue).
+OnStep = Callable[[Step], None]
+
+
 def validate(engine: Engine, request: GenerateRequest) -> None:
     """The rules every transport shares (service/rules.py), with the model's own classes; violations
     are InvalidInput (400) / ModelNotFound (404)."""
@@ -98,7 +112,7 @@ def planned_rows(request: GenerateRequest) -> dict[str, tuple[int, int]]:
     if request.model == "dcgan":
         plan["dcgan.generate"] = (n, n)
     elif request.model == "diffusion":
-        steps = request.steps if request.init_image is None else round(request.strength * request.steps)
+        steps = sampler_steps(request)
         rows_per_step = n * (2 if request.guidance != 1.0 else 1)  # guidance adds the unconditional row
         plan["diffusion.denoise"] = (steps * rows_per_step, rows_per_step)
         if request.init_image is not None:
@@ -107,6 +121,14 @@ def planned_rows(request: GenerateRequest) -> dict[str, tuple[int, int]]:
     else:  # vae, gmm: one decode of n latents
         plan["vae.decode"] = (n, n)
     return plan
+
+
+def sampler_steps(request: GenerateRequest) -> int:
+    """The denoising steps a request runs: `steps`, or its SDEdit tail from an input image (the length of
+    `samplers.sdedit_sigmas`); 0 for the one-shot models."""
+    if request.model != "diffusion":
+        return 0
+    return request.steps if request.init_image is None else round(request.strength * request.steps)
 
 
 def image_rngs(seed: int, n: int) -> list[np.random.Generator]:
@@ -172,23 +194,41 @@ async def starting_draws(engine: Engine, request: GenerateRequest,
     return samplers.noise_like(rngs, engine.manifest("vae").latent_shape), class_ids
 
 
-async def generate(engine: Engine, request: GenerateRequest) -> Generated:
+async def generate(engine: Engine, request: GenerateRequest, on_step: OnStep | None = None) -> Generated:
+    """The request's images; a diffusion request reports each sampler step to `on_step`."""
     request = request.with_seed()
     validate(engine, request)
     rngs = image_rngs(request.seed, request.n)
     draws, class_ids = await starting_draws(engine, request, rngs)
     if request.model == "diffusion":
-        latents = await sample_diffusion(engine, request, rngs, draws)
-        images = await engine.decode(latents)
-        if request.mask is not None:  # outside the mask, the client's own pixels, exactly
-            keep = ~request.mask[None, None]  # (1, 1, 32, 32)
-            images = np.where(keep, to_unit(request.init_image)[None], images)
+        latents = await sample_diffusion(engine, request, rngs, draws, on_step)
+        images = await decode_diffusion(engine, request, latents)
     elif request.model == "dcgan":
         images = await engine.generate_gan(draws, np.array(class_ids, np.int64))
     else:  # vae, gmm: one decode of the latents
         images = await engine.decode(draws)
     return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], class_ids, request.model,
                      engine.manifest(request.model).version, provenance_parameters(request))
+
+
+async def decode_diffusion(engine: Engine, request: GenerateRequest, latents: np.ndarray) -> np.ndarray:
+    """(n, 4, 8, 8) latents -> (n, 3, 32, 32) images in [-1, 1] through the VAE decoder's batcher; inpainting
+    keeps the client's own pixels outside the mask, exactly."""
+    images = await engine.decode(latents)
+    if request.mask is not None:
+        keep = ~request.mask[None, None]  # (1, 1, 32, 32)
+        images = np.where(keep, to_unit(request.init_image)[None], images)
+    return images
+
+
+async def preview(engine: Engine, request: GenerateRequest, step: Step) -> Generated:
+    """What the images look like after `step`: its estimate of the clean latents, decoded like the final
+    images (through the same decoder batcher, so previews share runs with other requests' decodes). The
+    request must carry its seed (`with_seed`), as the one `generate` ran did."""
+    images = await decode_diffusion(engine, request, step.denoised)
+    parameters = {**provenance_parameters(request), "preview_step": step.step, "preview_of": step.total}
+    return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], [request.class_id] * request.n,
+                     request.model, engine.manifest(request.model).version, parameters)
 
 
 def provenance_parameters(request: GenerateRequest) -> dict:
@@ -226,7 +266,7 @@ def latent_mask(mask: np.ndarray, latent_side: int) -> np.ndarray:
 
 
 async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[np.random.Generator],
-                           unit_noise: np.ndarray) -> np.ndarray:
+                           unit_noise: np.ndarray, on_step: OnStep | None = None) -> np.ndarray:
     """Latents (n, 4, 8, 8): the sampler loop awaits the Engine once per step, so requests at
     different steps share each denoise run (step-level continuous batching)."""
     manifest = engine.manifest("diffusion")
@@ -248,17 +288,23 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         if request.mask is not None:
             repaint = latent_mask(request.mask, shape[-1])
 
+    steps_done, total = 0, len(sigmas) - 1
+
     async def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
+        nonlocal steps_done
         # variance-exploding x (samplers' space) -> the model's variance-preserving x_t and t
         x_t = x / np.sqrt(1.0 + sigma**2)
         t = np.full(n, samplers.t_of_sigma(sigma), np.float32)
         eps = await engine.denoise(x_t.astype(np.float32), t, class_id, text, guidance)
         denoised = x - sigma * eps  # D(x; sigma) = x - sigma * eps (Karras et al. 2022, Table 1)
-        if repaint is None:
-            return denoised
-        # inpainting with a model never trained for it: outside the mask the clean latent is known,
-        # so every sampler is told exactly that, and its steps blend the repainted cells into it
-        return repaint * denoised + (1.0 - repaint) * known
+        if repaint is not None:
+            # inpainting with a model never trained for it: outside the mask the clean latent is known,
+            # so every sampler is told exactly that, and its steps blend the repainted cells into it
+            denoised = repaint * denoised + (1.0 - repaint) * known
+        steps_done += 1  # every sampler calls denoise exactly once per step
+        if on_step is not None:
+            on_step(Step(steps_done, total, denoised))
+        return denoised
 
     x = float(sigmas[0]) * unit_noise  # samplers.initial_noise from the drawn ε; a python float keeps float32
     if known is not None:

@@ -54,6 +54,13 @@ STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "fraction of the schedule redrawn fr
 # layout mostly survives only below ~0.4 (measured in docs/CREATIVE.md)
 IMG2IMG_STRENGTH = 0.6
 
+# Streaming progress (transports/streaming.py), diffusion only. A preview costs one VAE decode of the request's
+# n latents, batched with other requests' decodes: every 5 steps gives 5 previews over the default 30 steps.
+PREVIEW_EVERY = Bound("preview_every", 0, STEPS.maximum, 5, "with stream: a preview image every k sampler steps "
+                                                            "(0: none)")
+# OpenAI's own bound (its SDK documents 0..3): partial images spread evenly over the steps
+PARTIAL_IMAGES = Bound("partial_images", 0, 3, 0, "with stream: partial images before the final one")
+
 # The creative tools (service/creative.py): interpolation, breeding, interactive sessions.
 # Frames share batched runs; 2 are the endpoints alone, 32 make a one-second loop at 30 fps.
 FRAMES = Bound("frames", 2, 32, 8, "frames of an interpolation, both endpoints included")
@@ -81,3 +88,13 @@ def check_sampler(sampler: str) -> None:
 def check_priority(priority: str) -> None:
     if priority not in PRIORITIES:
         raise InvalidInput(f"unknown priority {priority!r}; available: {', '.join(PRIORITIES)}")
+
+
+def check_stream(stream: bool, previews: Bound, value: int | None) -> None:
+    """A preview setting (`preview_every`, OpenAI's `partial_images`) within its bounds, and only on a stream:
+    a request that will not stream would silently ignore it."""
+    if value is None:
+        return
+    if not stream:
+        raise InvalidInput(f"{previews.name} needs stream: true (previews are sent only on an event stream)")
+    previews.check(value)

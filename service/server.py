@@ -128,10 +128,12 @@ class ServingCore:
         raise InvalidInput(f"unknown class {value!r}; classes are 0..{len(classes) - 1} or {list(classes)}")
 
     async def generate(self, request: pipelines.GenerateRequest,
-                       disconnected: Callable[[], Awaitable[None]] | None = None) -> pipelines.Generated:
+                       disconnected: Callable[[], Awaitable[None]] | None = None,
+                       on_step: pipelines.OnStep | None = None) -> pipelines.Generated:
         """The one code path of every transport, inside `admitted` (which validated it): run the pipeline
-        under the request timeout, and cancel its remaining steps if `disconnected` completes first."""
-        work = pipelines.generate(self.engine, request)
+        under the request timeout, and cancel its remaining steps if `disconnected` completes first.
+        A streaming transport hears of each diffusion step through `on_step`."""
+        work = pipelines.generate(self.engine, request, on_step)
         try:
             async with asyncio.timeout(self.config.request_timeout_seconds):
                 generated = await (cancel_on(disconnected(), work) if disconnected is not None else work)

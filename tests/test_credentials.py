@@ -254,6 +254,18 @@ def test_every_png_route_signs_its_images(signing_server, chain):
         assert state == "Trusted", manifest
 
 
+def test_streamed_previews_and_results_are_signed(signing_server, chain):
+    pngs = []
+    with httpx.stream("POST", signing_server.url + "/v1/generate", json={"seed": 5, "steps": 4, "stream": True,
+                                                                         "preview_every": 2}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and "png_base64" in line:
+                pngs += [base64.b64decode(image["png_base64"]) for image in json.loads(line[6:])["images"]]
+    assert len(pngs) == 2  # the preview after step 2, then the result
+    for png in pngs:
+        assert read_credentials(png, chain["root"].read_text())[0] == "Trusted"
+
+
 def test_an_edit_of_an_upload_is_signed_as_a_composite_naming_the_upload_by_hash(signing_server, chain):
     buffer = io.BytesIO()
     Image.new("RGB", (40, 40), (20, 200, 40)).save(buffer, format="PNG")

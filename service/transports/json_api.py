@@ -1,5 +1,6 @@
-"""Atelier's own JSON API under `/v1`: generate (n images as JSON, with their genomes on request),
-image.png (one PNG file) and models. The creative tools are in creative_api.py.
+"""Atelier's own JSON API under `/v1`: generate (n images as JSON, with their genomes on request, or as a
+stream of progress events with `stream: true`), image.png (one PNG file) and models. The creative tools are
+in creative_api.py.
 
 The routes are module functions that reach the core through the app's state (`context.core_of`),
 not methods of the BentoML service: BentoML injects a method's `self` through a synchronous FastAPI
@@ -19,9 +20,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from service import creative, genomes, pipelines, rules
-from service.server import EncodedImage
+from service.errors import AtelierError, http_status, public_message
+from service.server import EncodedImage, ServingCore
+from service.transports import streaming
 from service.transports.bodies import GenerationSettings, PriorityName, Prompt, SamplerName, bounded
-from service.transports.context import client_gone, core_of
+from service.transports.context import client_gone, core_of, error_response
 
 router = APIRouter(prefix="/v1", tags=["JSON API"])
 
@@ -32,6 +35,9 @@ class GenerateBody(GenerationSettings):
     output: Literal["png", "raw"] = "png"
     genome: Annotated[bool, Field(description="also return each image's genome token (for /v1/breed, "
                                               "/v1/interpolate and /v1/regenerate)")] = False
+    stream: Annotated[bool, Field(description="answer text/event-stream: start, progress per step, previews, "
+                                              "then the result (docs/PROTOCOLS.md)")] = False
+    preview_every: Annotated[int | None, bounded(rules.PREVIEW_EVERY)] = None  # None: the rule's default
 
 
 class GeneratedImage(BaseModel):
@@ -57,19 +63,57 @@ class GenerateResponse(BaseModel):
     images: list[GeneratedImage]
 
 
-@router.post("/generate", response_model=GenerateResponse)
-async def generate(body: GenerateBody, request: Request) -> GenerateResponse:
+@router.post("/generate", response_model=GenerateResponse,
+             responses={200: {"content": {"text/event-stream": {"description": "with stream: true"}}}})
+async def generate(body: GenerateBody, request: Request) -> GenerateResponse | streaming.EventStream:
     """Generate n images from a model, by class, prompt (theme) or neither, with a seed."""
     core = core_of(request)
+    rules.check_stream(body.stream, rules.PREVIEW_EVERY, body.preview_every)
     plain = body.to_request(core.class_id(body.model, body.class_), body.prompt)
+    if body.stream:
+        every = rules.PREVIEW_EVERY.default if body.preview_every is None else body.preview_every
+        return streaming.EventStream(core, "/v1/generate", "json", plain, JsonWire(core, body),
+                                     lambda total: streaming.every_k_steps(total, every), body.output)
     async with core.admitted("/v1/generate", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
-    images = [GeneratedImage.of(image) for image in await core.encode(generated, body.output)]
+    return answer(core, body, plain, generated, await core.encode(generated, body.output))
+
+
+def answer(core: ServingCore, body: GenerateBody, plain: pipelines.GenerateRequest, generated: pipelines.Generated,
+           encoded: list[EncodedImage]) -> GenerateResponse:
+    images = [GeneratedImage.of(image) for image in encoded]
     if body.genome:
         tokens = [genomes.seal_genome(core.signer, genome) for genome in creative.genomes_of(plain, generated)]
         images = [image.model_copy(update={"genome": token}) for image, token in zip(images, tokens)]
     return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
                             images=images)
+
+
+class JsonWire:
+    """/v1/generate's stream (docs/PROTOCOLS.md): `start`, `progress` per step, `preview` after every
+    `preview_every` steps, then `result` (the non-streaming answer's JSON) or `error`."""
+
+    def __init__(self, core: ServingCore, body: GenerateBody):
+        self.core, self.body = core, body
+
+    def frame(self, event: streaming.Event) -> bytes:
+        match event:
+            case streaming.Started(request, total):
+                return streaming.sse("start", {"model": request.model, "seed": request.seed, "n": request.n,
+                                               "total": total})
+            case streaming.Progress(step, total, elapsed):
+                return streaming.sse("progress", {"step": step, "total": total, "elapsed": elapsed})
+            case streaming.Preview(step, total, _, images):
+                return streaming.sse("preview", {"step": step, "total": total, "images": [
+                    GeneratedImage.of(image).model_dump(include={"seed", "png_base64", "shape"}) for image in images]})
+            case streaming.Finished(request, generated, images):
+                return streaming.sse("result", answer(self.core, self.body, request, generated, images).model_dump())
+            case streaming.Failed(error):
+                return streaming.sse("error", {"error": public_message(error), "status": http_status(error)})
+        raise TypeError(f"not a stream event: {event!r}")
+
+    def refusal(self, error: AtelierError):
+        return error_response(error)
 
 
 @router.get("/image.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
