@@ -14,6 +14,7 @@ concurrently, so the images of one tool request share the Engine's batched runs 
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -129,6 +130,33 @@ async def interpolation_frames(engine: Engine, start: pipelines.GenerateRequest,
         nearer, class_id = (start, class_a) if t < 0.5 else (end, class_b)
         middle.append(replace(nearer, n=1, class_id=class_id, noise=vector[None]))
     return [start, *middle, end]
+
+
+async def run_interpolation(frames: list[pipelines.GenerateRequest],
+                            run_together: Callable[[list[pipelines.GenerateRequest]], Awaitable[list]]) -> list:
+    """An interpolation's results in frame order, run by `run_together` (which runs requests concurrently, so
+    they share batched runs). dcgan's and the VAE's graphs give a row the same bits whatever its batch
+    (docs/CREATIVE.md), so all frames run together. The denoiser's fused kernels do not (a row alone and in
+    a batch of 12+ rows differ by ~1e-7, which the steps can carry into a pixel level), so each diffusion
+    endpoint first runs alone, in the batches its own generation has when nothing else shares them, and
+    only then the frames between them."""
+    if frames[0].model != "diffusion":
+        return await run_together(frames)
+    first, last = await run_together(frames[:1]), await run_together(frames[-1:])
+    return [*first, *(await run_together(frames[1:-1]) if len(frames) > 2 else []), *last]
+
+
+async def upload_frames(engine: Engine, images: tuple[np.ndarray, np.ndarray],
+                        frames: int) -> list[pipelines.GenerateRequest]:
+    """`frames` vae requests between two uploaded images (each (32, 32, 3) uint8, as `uploads.decode_edit`
+    gives them): both are encoded by the VAE (its posterior mean) and the frames decode latents on the
+    straight line between them, so frame 0 and K-1 are the VAE's reconstructions of the uploads. An
+    encoded latent is a point, not a draw from N(0, I): a straight line keeps even steps between them."""
+    rules.FRAMES.check(frames)
+    means, _ = await engine.encode(np.stack([pipelines.to_unit(image) for image in images]))  # (2, 4, 8, 8)
+    start, end = means.astype(np.float32)
+    return [pipelines.GenerateRequest(model="vae", seed=0, noise=((1 - t) * start + t * end)[None].astype(np.float32))
+            for t in np.linspace(0.0, 1.0, frames)]
 
 
 # --- breeding ---------------------------------------------------------------------------------------

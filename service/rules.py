@@ -50,9 +50,12 @@ STEPS = Bound("steps", 1, 250, 30, "sampler steps (diffusion)")
 GUIDANCE = Bound("guidance", 0.0, 20.0, 3.0, "classifier-free guidance scale (diffusion)")
 ETA = Bound("eta", 0.0, 1.0, 0.0, "DDIM stochasticity (diffusion)")
 STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "fraction of the schedule redrawn from an input image (SDEdit)")
-# img2img without a mask (JSON and OpenAI routes): redraw most details; with Karras sigmas the sketch's
-# layout mostly survives only below ~0.4 (measured in docs/CREATIVE.md)
+# OpenAI edits without a mask, and variations: redraw most details (with Karras sigmas a crude sketch's layout
+# survives only below ~0.35, and 0.6 gives what 1 does: docs/CREATIVE.md)
 IMG2IMG_STRENGTH = 0.6
+# Sketch assist (/v1/img2img, OIP's img2img): the strongest redraw that still keeps a crude sketch's coarse
+# layout with the default sampler and steps (layout distance 27 where 1 gives 82; docs/CREATIVE.md)
+SKETCH_STRENGTH = 0.3
 
 # Streaming progress (transports/streaming.py), diffusion only. A preview costs one VAE decode of the request's
 # n latents, batched with other requests' decodes: every 5 steps gives 5 previews over the default 30 steps.

@@ -22,6 +22,7 @@ LAYERS = {
     "registry": 2, "batcher": 2, "engine": 3,
     "samplers": 4, "uploads": 4, "pipelines": 5, "creative": 5.2,
     "admission": 5.5, "server": 6,
+    "transports.oip_edits": 6.5,
     "transports.context": 7, "transports.bodies": 7, "transports.oip": 7, "transports.streaming": 7.5,
     "transports.json_api": 8, "transports.oip_http": 8, "transports.oip_grpc": 8, "transports.openai_images": 8,
     "transports.creative_api": 8.5, "transports.assist_api": 8.5,

@@ -1,7 +1,8 @@
 """Sketch assist on a real served Atelier: `/v1/img2img` and `/v1/inpaint` (service/transports/assist_api.py).
 
 A crude sketch (three filled shapes on a 96x64 canvas) goes in; strength 0 gives it back, strength 1 forgets
-it, and in between the coarse layout survives less the higher the strength. The distances are logged:
+it, and in between the coarse layout survives less the higher the strength. The same sketch through OIP's
+`img2img` and `inpaint` models gives the same images. The distances are logged:
 
     .venv/bin/python -m pytest tests/test_sketch_assist.py -q -o log_cli=true --log-cli-level=INFO
 """
@@ -14,11 +15,16 @@ import io
 import json
 import logging
 import re
+import struct
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
 from PIL import Image, ImageDraw, ImageFilter
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.test_uploads import bomb_png
 
@@ -137,3 +143,116 @@ def test_bad_input_is_a_client_error_with_a_reason_and_the_server_stays_healthy(
     assert response.status_code == status, response.text
     assert re.search(reason, response.json()["error"]), response.json()
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+# --- the same over the Open Inference Protocol: models `img2img` and `inpaint` (service/transports/oip.py) ---
+
+def sketch_pixels(flipped: bool = False) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(sketch(flipped))).convert("RGB"))  # (64, 96, 3)
+
+
+def oip_inputs(module, seeds, pixels: np.ndarray, mask: np.ndarray | None = None, prompt: str | None = None) -> list:
+    """tritonclient inputs: `seed`, `image` (N, H, W, 3) uint8, and `mask` (N, H, W) bool and `prompt` when given."""
+    tensors = []
+    for name, array, datatype in (("seed", np.array(seeds, np.int64), "INT64"), ("image", pixels, "UINT8"),
+                                  ("mask", mask, "BOOL"),
+                                  ("prompt", None if prompt is None else np.array([prompt.encode()] * len(seeds),
+                                                                                  object), "BYTES")):
+        if array is not None:
+            tensor = module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+    return tensors
+
+
+def test_oip_img2img_gives_the_json_routes_image_at_the_inputs_aspect(server):
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=120)
+    try:
+        result = client.infer("img2img", oip_inputs(triton_http, [4], sketch_pixels()[None], prompt="a red heart"),
+                              parameters={"steps": 10, "strength": 0.3})
+    finally:
+        client.close()
+    over_oip = result.as_numpy("image")
+    assert over_oip.shape == (1, 64, 96, 3) and over_oip.dtype == np.uint8
+    [over_json] = images_of(post(server, "/v1/img2img", image=b64(sketch()), strength=0.3))
+    assert np.array_equal(over_oip[0], np.asarray(over_json.convert("RGB")))  # a sketch, one image, both protocols
+
+
+def test_oip_inpaint_over_grpc_matches_the_json_route(server):
+    repaint = np.zeros((1, 64, 96), bool)
+    repaint[:, :, 48:] = True  # the right half
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        result = client.infer("inpaint", oip_inputs(triton_grpc, [4, 5], np.stack([sketch_pixels()] * 2),
+                                                    np.concatenate([repaint] * 2), prompt="a red heart"),
+                              parameters={"steps": 10})
+    finally:
+        client.close()
+    over_grpc = result.as_numpy("image")
+    assert over_grpc.shape == (2, 64, 96, 3) and not np.array_equal(over_grpc[0], over_grpc[1])  # seeds 4 and 5
+    mask = Image.new("RGBA", SIZE, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (48, 0, 96, 64))
+    [over_json, _] = images_of(post(server, "/v1/inpaint", image=b64(sketch()), mask=b64(png_of(mask)), n=2))
+    assert np.array_equal(over_grpc[0], np.asarray(over_json.convert("RGB")))
+
+
+def test_oip_sketch_assist_models_describe_their_tensors(server):
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        img2img, inpaint, diffusion = (client.get_model_metadata(name) for name in ("img2img", "inpaint", "diffusion"))
+    finally:
+        client.close()
+    def tensors(metadata, kind="inputs"):
+        return {t["name"]: (t["datatype"], t["shape"]) for t in metadata[kind]}
+    assert tensors(img2img)["image"] == ("UINT8", [-1, -1, -1, 3]) and "mask" not in tensors(img2img)
+    assert tensors(inpaint)["mask"] == ("BOOL", [-1, -1, -1])
+    assert tensors(inpaint, "outputs")["image"] == ("UINT8", [-1, -1, -1, 3])
+    assert img2img["versions"] == diffusion["versions"]
+    assert "strength" in img2img["parameters"] and "strength" not in diffusion["parameters"]
+
+
+def oip_json(model: str, *inputs: tuple[str, str, list, list], **parameters) -> tuple[str, dict]:
+    body = {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}
+                       for name, datatype, shape, data in inputs]}
+    return f"/v2/models/{model}/infer", {**body, "parameters": parameters} if parameters else body
+
+
+SEED = ("seed", "INT64", [1], [4])
+PIXELS = ("image", "UINT8", [1, 2, 3, 3], [200] * 18)
+BAD_OIP = {
+    "image without its channel axis": (oip_json("img2img", SEED, ("image", "UINT8", [1, 2, 9], [0] * 18)),
+                                       "must have shape \\[N, H, W, 3\\], got \\[1, 2, 9\\]"),
+    "RGBA image": (oip_json("img2img", SEED, ("image", "UINT8", [1, 2, 2, 4], [0] * 16)), "\\[N, H, W, 3\\]"),
+    "image of no pixels": (oip_json("img2img", SEED, ("image", "UINT8", [1, 0, 3, 3], [])), "no pixels"),
+    "image rows differ from seeds": (oip_json("img2img", ("seed", "INT64", [2], [4, 5]), PIXELS), "same length"),
+    "pixel out of range": (oip_json("img2img", SEED, ("image", "UINT8", [1, 1, 1, 3], [0, 0, 300])), "out of range"),
+    "a claimed size the data lacks": (oip_json("img2img", SEED, ("image", "UINT8", [1, 50000, 50000, 3], [0] * 3)),
+                                      "needs 7500000000 elements, got 3"),
+    "mask missing": (oip_json("inpaint", SEED, PIXELS), "missing input 'mask'"),
+    "mask of the wrong size": (oip_json("inpaint", SEED, PIXELS, ("mask", "BOOL", [1, 3, 2], [True] * 6)),
+                               "'mask' is 3x2 \\(height x width\\) but 'image' is 2x3"),
+    "mask not boolean": (oip_json("inpaint", SEED, PIXELS, ("mask", "UINT8", [1, 2, 3], [1] * 6)), "must be BOOL"),
+    "strength out of bounds": (oip_json("img2img", SEED, PIXELS, strength=1.5), "strength must be between 0 and 1"),
+    "strength on a generating model": (oip_json("diffusion", SEED, strength=0.5), "parameter 'strength' is for"),
+    "image on a generating model": (oip_json("diffusion", SEED, PIXELS), "has no input 'image'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OIP)
+def test_bad_oip_sketch_assist_input_is_400_with_a_reason_and_the_server_stays_healthy(server, case):
+    (path, body), reason = BAD_OIP[case]
+    response = httpx.post(server.url + path, json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert re.search(reason, response.json()["error"]), response.json()
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_bad_oip_sketch_assist_input_over_grpc_is_invalid_argument(server):
+    request = service_pb2.ModelInferRequest(model_name="inpaint", raw_input_contents=[
+        struct.pack("<q", 4), bytes(2 * 3 * 3), bytes(3 * 2)])
+    for name, datatype, shape in (("seed", "INT64", [1]), ("image", "UINT8", [1, 2, 3, 3]), ("mask", "BOOL", [1, 3, 2])):
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as failure:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'mask' is 3x2" in failure.value.details()

@@ -7,7 +7,7 @@ upload's aspect and size (at most `uploads.MAX_RETURN_SIDE` a side), with proven
 sha256 and `composite: true`.
 
     curl -s localhost:3000/v1/img2img -H 'content-type: application/json' \
-         -d "{\"image\": \"$(base64 -w0 sketch.png)\", \"strength\": 0.6, \"prompt\": \"a red heart\", \"seed\": 1}"
+         -d "{\"image\": \"$(base64 -w0 sketch.png)\", \"strength\": 0.3, \"prompt\": \"a red heart\", \"seed\": 1}"
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Img2ImgBody(GenerationSettings):
                                                    f"{uploads.MAX_UPLOAD_PIXELS} pixels")]
     class_: Annotated[int | str | None, Field(alias="class", description="class id or one of the model's names")] = None
     prompt: Prompt | None = None
-    strength: Annotated[float, bounded(rules.STRENGTH)] = rules.IMG2IMG_STRENGTH
+    strength: Annotated[float, bounded(rules.STRENGTH)] = rules.SKETCH_STRENGTH
 
 
 class InpaintBody(Img2ImgBody):

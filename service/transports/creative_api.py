@@ -1,8 +1,9 @@
 """The creative tools over JSON (service/creative.py): regenerate a genome, breed genomes, interpolate
-between two seeds or genomes, and interactive sessions that learn from scores. Each route decodes its
-body and tokens, plans one-image requests with `creative`, runs them inside the core's admission
-(`core.admitted`, so they are priced and batched like any request) and answers PNGs with provenance,
-each with its genome.
+between two seeds, genomes or uploaded images, and interactive sessions that learn from scores. Each
+route decodes its body and tokens, plans one-image requests with `creative`, runs them inside the core's
+admission (`core.admitted`, so they are priced and batched like any request) and answers PNGs with
+provenance, each with its genome (none for an image made from an upload). An interpolation's animation
+and sprite sheet carry the same provenance as its PNG frames.
 
     curl -s localhost:3000/v1/interpolate -H 'content-type: application/json' \
          -d '{"model": "dcgan", "class": "Animals & Nature", "seeds": [3, 9], "frames": 8}'
@@ -11,15 +12,20 @@ each with its genome.
 from __future__ import annotations
 
 import base64
+import io
+import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated, Literal
+from xml.sax.saxutils import quoteattr
 
 from fastapi import APIRouter, Request
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from service import creative, genomes, pipelines, rules
+from service import creative, genomes, pipelines, rules, uploads
 from service.errors import InvalidInput
-from service.server import ServingCore, animation_bytes, generate_rows
+from service.server import ServingCore, generate_rows
 from service.transports.bodies import ModelName, PriorityName, Prompt, SamplerName, bounded
 from service.transports.context import core_of
 from service.transports.json_api import GeneratedImage
@@ -28,6 +34,11 @@ router = APIRouter(prefix="/v1", tags=["Creative tools"])
 
 GenomeToken = Annotated[str, Field(min_length=1, max_length=rules.MAX_TOKEN_CHARS,
                                    description="a genome token from any Atelier route")]
+UploadedImage = Annotated[str, Field(min_length=1, max_length=uploads.MAX_UPLOAD_BASE64_CHARS,
+                                     description="a PNG, JPEG or WebP file as base64 (a data: URL prefix is allowed)")]
+# IPTC digital source types (the vocabulary C2PA uses): made by a model, or a model's work on a client's image
+GENERATED_SOURCE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+COMPOSITE_SOURCE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 
 
 class Body(BaseModel):
@@ -70,6 +81,9 @@ class InterpolateBody(ConditionedBody):
     seeds: Annotated[list[Annotated[int, bounded(rules.SEED)]] | None,
                      Field(min_length=2, max_length=2, description="two seeds (this body's condition)")] = None
     genomes: Annotated[list[GenomeToken] | None, Field(min_length=2, max_length=2, description="two genomes")] = None
+    images: Annotated[list[UploadedImage] | None,
+                      Field(min_length=2, max_length=2, description="two uploaded images, interpolated in the VAE's "
+                                                                    "latent space (model vae, the default with images)")] = None
     frames: Annotated[int, bounded(rules.FRAMES)] = rules.FRAMES.default
     frame_ms: Annotated[int, bounded(rules.FRAME_MS)] = rules.FRAME_MS.default
     animation: Literal["webp", "gif"] = "webp"
@@ -117,13 +131,15 @@ async def run(core: ServingCore, route: str,
 
 
 async def images_of(core: ServingCore, requests: Sequence[pipelines.GenerateRequest],
-                    results: Sequence[pipelines.Generated]) -> list[GeneratedImage]:
-    """Each result as a PNG with provenance and its genome."""
+                    results: Sequence[pipelines.Generated], with_genomes: bool = True) -> list[GeneratedImage]:
+    """Each result as a PNG with provenance and, unless it was made from an upload, its genome."""
     answered = []
     for request, generated in zip(requests, results):
-        genome = creative.genomes_of(request, generated)[0]
         image = GeneratedImage.of((await core.encode(generated))[0])
-        answered.append(image.model_copy(update={"genome": genomes.seal_genome(core.signer, genome)}))
+        if with_genomes:
+            genome = genomes.seal_genome(core.signer, creative.genomes_of(request, generated)[0])
+            image = image.model_copy(update={"genome": genome})
+        answered.append(image)
     return answered
 
 
@@ -158,24 +174,87 @@ async def breed(body: BreedBody, request: Request) -> BreedResponse:
 
 @router.post("/interpolate", response_model=InterpolateResponse)
 async def interpolate(body: InterpolateBody, request: Request) -> InterpolateResponse:
-    """K frames from one seed or genome to another, as PNGs and as an animation."""
+    """K frames from one seed, genome or uploaded image to another, as PNGs and as an animation."""
     core = core_of(request)
-    if (body.seeds is None) == (body.genomes is None):
-        raise InvalidInput("give either seeds (two seeds, with model and condition) or genomes (two genome tokens)")
-    if body.seeds is not None:
-        endpoints = [body.to_request(core, seed) for seed in body.seeds]
-        for endpoint in endpoints:
-            core.check(endpoint)
+    if sum(given is not None for given in (body.seeds, body.genomes, body.images)) != 1:
+        raise InvalidInput("give one of seeds (two seeds, with model and condition), genomes (two genome tokens) "
+                           "or images (two uploaded images)")
+    if body.images is not None:
+        frames, results = await interpolate_uploads(core, body)
     else:
-        endpoints = genome_requests(core, body.genomes, body.priority)
-    frames = await creative.interpolation_frames(core.engine, *endpoints, body.frames)
-    results = await run(core, "/v1/interpolate", frames)
-    pixels = [generated.images[0] for generated in results]
+        if body.seeds is not None:
+            endpoints = [body.to_request(core, seed) for seed in body.seeds]
+            for endpoint in endpoints:
+                core.check(endpoint)
+        else:
+            endpoints = genome_requests(core, body.genomes, body.priority)
+        frames = await creative.interpolation_frames(core.engine, *endpoints, body.frames)
+        async with core.admitted("/v1/interpolate", "json", frames):
+            results = await creative.run_interpolation(frames, lambda rows: generate_rows(core, rows))
+    provenance = {**core.provenance(results[0].model), "model": results[0].model, "version": results[0].version,
+                  "ai_generated": "true", "frames": [{"seed": r.seeds[0], **r.parameters} for r in results]}
+    animation = animation_file([generated.images[0] for generated in results], body.frame_ms, body.animation,
+                               provenance)
     return InterpolateResponse(
-        model=results[0].model, version=results[0].version, images=await images_of(core, frames, results),
-        animation_format=body.animation,
-        animation_base64=base64.b64encode(animation_bytes(pixels, body.frame_ms, body.animation)).decode(),
+        model=results[0].model, version=results[0].version,
+        images=await images_of(core, frames, results, with_genomes=body.images is None),
+        animation_format=body.animation, animation_base64=base64.b64encode(animation).decode(),
         sheet_png_base64=base64.b64encode(await core.encode_sheet(results)).decode() if body.sheet else None)
+
+
+async def interpolate_uploads(core: ServingCore, body: InterpolateBody) -> tuple[list, list[pipelines.Generated]]:
+    """Frames between two uploads through the VAE (`creative.upload_frames`). Each frame records both
+    uploads' sha256 and `composite`, and has no genome: a genome cannot carry the client's image."""
+    model = body.model if "model" in body.model_fields_set else "vae"
+    if model != "vae":
+        raise InvalidInput(f"interpolation between uploaded images runs in the VAE's latent space (model 'vae'); "
+                           f"got {model!r}")
+    payloads = [uploads.from_base64(image, f"images[{i}]") for i, image in enumerate(body.images)]
+    # priced before the latents exist: the frames without their vectors cost the same decodes
+    planned = [pipelines.GenerateRequest(model="vae", seed=0, priority=body.priority)] * body.frames
+    async with core.admitted("/v1/interpolate", "json", planned):
+        edits = [decoded_upload(i, payload) for i, payload in enumerate(payloads)]
+        frames = [replace(frame, priority=body.priority) for frame in
+                  await creative.upload_frames(core.engine, (edits[0].image, edits[1].image), body.frames)]
+        results = await generate_rows(core, frames)
+    made_from = {"uploads_sha256": [edit.sha256 for edit in edits], "composite": True}
+    return frames, [replace(result, parameters={**result.parameters, **made_from}) for result in results]
+
+
+def decoded_upload(index: int, payload: bytes) -> uploads.Edit:
+    """`uploads.decode_edit`, its refusal naming which of the two uploads it was."""
+    try:
+        return uploads.decode_edit(payload, None)
+    except InvalidInput as error:
+        raise InvalidInput(f"images[{index}]: {error}") from None
+
+
+def animation_file(images: Sequence, frame_ms: int, image_format: Literal["webp", "gif"], provenance: dict) -> bytes:
+    """The frames as a looping animation that carries the PNG frames' provenance (model, version, each frame's
+    seed and parameters: vector or upload sha256s, `composite`): lossless WebP (exact pixels) with it in an
+    XMP packet beside the IPTC digital source type, or GIF (at most 256 colours a frame) with it as a comment."""
+    described = json.dumps(provenance, sort_keys=True, default=str)
+    if image_format == "webp":
+        composite = any(frame.get("composite") for frame in provenance["frames"])
+        options = {"lossless": True, "quality": 100, "xmp": xmp_packet(described, composite)}
+    else:
+        options = {"disposal": 1, "comment": described}
+    frames = [Image.fromarray(image) for image in images]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=image_format.upper(), save_all=True, append_images=frames[1:], duration=frame_ms,
+                   loop=0, **options)
+    return buffer.getvalue()
+
+
+def xmp_packet(provenance_json: str, composite: bool) -> bytes:
+    """An XMP packet: IPTC's DigitalSourceType, and the provenance JSON as `atelier:provenance`."""
+    source = COMPOSITE_SOURCE if composite else GENERATED_SOURCE
+    return (f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+            f'xmlns:atelier="urn:atelier:provenance:1" Iptc4xmpExt:DigitalSourceType="{source}" '
+            f'atelier:provenance={quoteattr(provenance_json)}/></rdf:RDF></x:xmpmeta>'
+            f'<?xpacket end="w"?>').encode()
 
 
 @router.post("/sessions", response_model=SessionResponse)

@@ -1,6 +1,7 @@
 """Open Inference Protocol (KServe v2), the protocol without its transports.
 
-Each pipeline is an OIP model (`dcgan`, `vae`, `gmm`, `diffusion`). The transports, `oip_http.py`
+Each pipeline is an OIP model (`dcgan`, `vae`, `gmm`, `diffusion`, and diffusion's sketch assist as
+`img2img` and `inpaint`). The transports, `oip_http.py`
 (JSON with the binary tensor extension) and `oip_grpc.py` (protobuf), decode into the plain
 `InferRequest` below, call `infer` with the core it needs (as KServe's data plane is handed its
 model repository), and encode the `InferResponse` it returns. This module never
@@ -13,6 +14,9 @@ Tensors (also in each model's metadata and in docs/PROTOCOLS.md); row i of every
 | dcgan, gmm          | `seed` INT64 [N]; optional `class_id` INT64 [N], `prompt` BYTES [N] | `image` UINT8 [N,32,32,3] |
 | diffusion           | the same, plus request parameters steps, guidance, sampler, eta     | `image` UINT8 [N,32,32,3] |
 | vae                 | `seed` INT64 [N]                                          | `image` UINT8 [N,32,32,3] |
+| img2img             | diffusion's, plus `image` UINT8 [N,H,W,3] and parameter strength    | `image` UINT8 [N,h,w,3]   |
+| inpaint             | img2img's, plus `mask` BOOL [N,H,W] (True = repaint)                | `image` UINT8 [N,h,w,3]   |
+(h, w: the input's aspect at its size, at most uploads.MAX_RETURN_SIDE a side)
 
     .venv/bin/python -m pytest tests/test_oip.py -q
 """
@@ -26,9 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import pipelines, rules
+from service import pipelines, rules, uploads
 from service.errors import InvalidInput, ModelNotFound
 from service.server import ServingCore, cancel_on, generate_rows
+from service.transports import oip_edits
 
 SERVER_NAME = "atelier"
 # binary_tensor_data: the HTTP binary extension; parameters: request parameters (steps, guidance...)
@@ -99,10 +104,19 @@ CLASS_ID = TensorSpec("class_id", "INT64", (-1,), False,
                       "emoji group 0..8 (the model's `classes`); -1 = none (follow the prompt, else a seeded surprise)")
 PROMPT = TensorSpec("prompt", "BYTES", (-1,), False,
                     f"UTF-8 theme, up to {rules.MAX_PROMPT_CHARS} characters; empty = none")
+IMAGE = TensorSpec("image", "UINT8", (-1, -1, -1, 3), True,
+                   f"the image or sketch to start from, RGB row-major (N, height, width, channel), up to "
+                   f"{uploads.MAX_UPLOAD_PIXELS} pixels (and the message size limit)")
+MASK = TensorSpec("mask", "BOOL", (-1, -1, -1), True, "True where the image is repainted, (N, height, width)")
 MODEL_INPUTS: dict[str, tuple[TensorSpec, ...]] = {
     "dcgan": (SEED, CLASS_ID, PROMPT), "gmm": (SEED, CLASS_ID, PROMPT), "vae": (SEED,),
     "diffusion": (SEED, CLASS_ID, PROMPT),
+    "img2img": (SEED, CLASS_ID, PROMPT, IMAGE), "inpaint": (SEED, CLASS_ID, PROMPT, IMAGE, MASK),
 }
+# sketch assist (the JSON API's /v1/img2img and /v1/inpaint) as models of their own: their tensors and
+# output size differ from diffusion's, and a model's metadata lists one fixed set; diffusion runs them
+EDIT_MODELS = {"img2img": "diffusion", "inpaint": "diffusion"}
+DEFAULT_STRENGTH = {"img2img": rules.SKETCH_STRENGTH, "inpaint": rules.STRENGTH.maximum}
 NO_CLASS = -1
 
 # Request parameters -> (accepted Python types, what they do), from the request rules. The sampler
@@ -117,6 +131,9 @@ PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
     "guidance": ((int, float), _described(rules.GUIDANCE)),
     "sampler": ((str,), f"{', '.join(rules.SAMPLERS)} (default {rules.DEFAULT_SAMPLER})"),
     "eta": ((int, float), _described(rules.ETA)),
+    "strength": ((int, float), f"img2img and inpaint: {rules.STRENGTH.description}, 0..1 (default "
+                               f"{rules.SKETCH_STRENGTH:g} for img2img, 1 for inpaint): 0 returns the image, 1 "
+                               "ignores it"),
     "priority": ((str, int), f"{' or '.join(rules.PRIORITIES)} (default {rules.DEFAULT_PRIORITY}), or Triton's "
                               "integer levels (tritonclient's `priority=`): 0 and 1 interactive, 2 and above batch; "
                               "batch work fills free rows and is refused first under overload"),
@@ -132,7 +149,7 @@ def served_version(core: ServingCore, model: str, version: str = "") -> str:
     """The version of `model` this server runs; ModelNotFound for another model or version."""
     if model not in MODEL_INPUTS:
         raise ModelNotFound(f"unknown model {model!r}; models: {', '.join(MODEL_INPUTS)}")
-    served = core.registry.manifest(model).version
+    served = core.registry.manifest(EDIT_MODELS.get(model, model)).version
     if version and version != served:
         raise ModelNotFound(f"model {model!r} has no version {version!r}; served: {served}")
     return served
@@ -145,10 +162,14 @@ def model_ready(core: ServingCore, model: str, version: str = "") -> bool:
 
 def model_metadata(core: ServingCore, model: str, version: str = "") -> ModelMetadata:
     served = served_version(core, model, version)
-    size = core.registry.manifest(model).image_size
-    image = TensorSpec("image", "UINT8", (-1, size, size, 3), True, "RGB, row-major (N, height, width, channel)")
+    if model in EDIT_MODELS:
+        image = TensorSpec("image", "UINT8", (-1, -1, -1, 3), True, "RGB, row-major (N, height, width, channel), "
+                           f"at the input image's aspect and size, at most {uploads.MAX_RETURN_SIDE} px a side")
+    else:
+        size = core.registry.manifest(model).image_size
+        image = TensorSpec("image", "UINT8", (-1, size, size, 3), True, "RGB, row-major (N, height, width, channel)")
     parameters = {name: doc for name, (_, doc) in PARAMETERS.items()
-                  if model == "diffusion" or name == "priority"}
+                  if name == "priority" or (model == "diffusion" and name != "strength") or model in EDIT_MODELS}
     return ModelMetadata(model, (served,), PLATFORM, MODEL_INPUTS[model], (image,), parameters)
 
 
@@ -228,15 +249,25 @@ def generate_requests(request: InferRequest) -> list[pipelines.GenerateRequest]:
     """One single-image GenerateRequest per row (admission validates them together before any work starts)."""
     tensors = checked_inputs(request)
     n = tensors["seed"].shape[0]
-    options = generation_options(request.parameters)
+    options = generation_options(request.parameters, request.model)
+    edits = edit_options(request.model, tensors) if request.model in EDIT_MODELS else [{}] * n
     rows = []
     for i in range(n):
         class_id = int(tensors["class_id"].data[i]) if "class_id" in tensors else NO_CLASS
         prompt = prompt_text(tensors["prompt"].data[i]) if "prompt" in tensors else None
-        rows.append(pipelines.GenerateRequest(model=request.model, n=1, seed=int(tensors["seed"].data[i]),
+        rows.append(pipelines.GenerateRequest(model=EDIT_MODELS.get(request.model, request.model), n=1,
+                                              seed=int(tensors["seed"].data[i]),
                                               class_id=None if class_id == NO_CLASS else class_id,
-                                              prompt=prompt, **options))
+                                              prompt=prompt, **options, **edits[i]))
     return rows
+
+
+def edit_options(model: str, tensors: dict[str, Tensor]) -> list[dict]:
+    """Each row's upload for img2img and inpaint (`oip_edits`): the image, its mask, their provenance."""
+    image = tensors["image"]
+    masks = tensors["mask"].data.reshape(tensors["mask"].shape) if "mask" in tensors else None
+    edits = oip_edits.pixel_edits(image.data.reshape(image.shape), masks)
+    return [{"init_image": edit.image, "mask": edit.mask, "upload_sha256": edit.sha256} for edit in edits]
 
 
 def checked_inputs(request: InferRequest) -> dict[str, Tensor]:
@@ -251,8 +282,8 @@ def checked_inputs(request: InferRequest) -> dict[str, Tensor]:
             raise InvalidInput(f"input {tensor.name!r} is given twice")
         if tensor.datatype != spec.datatype:
             raise InvalidInput(f"input {tensor.name!r} must be {spec.datatype}, got {tensor.datatype}")
-        if len(tensor.shape) != 1:
-            raise InvalidInput(f"input {tensor.name!r} must have shape [N], got {list(tensor.shape)}")
+        if len(tensor.shape) != len(spec.shape) or any(d not in (-1, got) for d, got in zip(spec.shape, tensor.shape)):
+            raise InvalidInput(f"input {tensor.name!r} must have shape {shape_text(spec)}, got {list(tensor.shape)}")
         tensors[tensor.name] = tensor
     missing = [name for name, spec in specs.items() if spec.required and name not in tensors]
     if missing:
@@ -265,10 +296,18 @@ def checked_inputs(request: InferRequest) -> dict[str, Tensor]:
     return tensors
 
 
-def generation_options(parameters: Mapping[str, Parameter]) -> dict[str, Parameter]:
+def shape_text(spec: TensorSpec) -> str:
+    """[N], [N, H, W, 3]: the batch axis, then the image's free axes, by name."""
+    names = iter(("N", "H", "W"))
+    return "[" + ", ".join(next(names) if d == -1 else str(d) for d in spec.shape) + "]"
+
+
+def generation_options(parameters: Mapping[str, Parameter], model: str) -> dict[str, Parameter]:
     for name, value in parameters.items():
         if name not in PARAMETERS:
             raise InvalidInput(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
+        if name == "strength" and model not in EDIT_MODELS:
+            raise InvalidInput(f"parameter 'strength' is for the {' and '.join(EDIT_MODELS)} models, not {model!r}")
         accepted = PARAMETERS[name][0]
         if not isinstance(value, accepted) or isinstance(value, bool):
             raise InvalidInput(f"parameter {name!r} must be {' or '.join(t.__name__ for t in accepted)}, "
@@ -276,6 +315,8 @@ def generation_options(parameters: Mapping[str, Parameter]) -> dict[str, Paramet
     options = {name: float(value) if float in PARAMETERS[name][0] else value for name, value in parameters.items()}
     if isinstance(options.get("priority"), int):
         options["priority"] = "batch" if options["priority"] >= TRITON_FIRST_BATCH_LEVEL else "interactive"
+    if model in EDIT_MODELS:
+        options.setdefault("strength", DEFAULT_STRENGTH[model])
     return options
 
 
@@ -299,4 +340,7 @@ async def infer(core: ServingCore, request: InferRequest, route: str, protocol: 
         work = generate_rows(core, rows)
         generated = await (cancel_on(disconnected(), work) if disconnected else work)
     images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8
+    if request.model in EDIT_MODELS:  # back to the input's aspect and size, as the JSON routes answer
+        _, height, width, _ = next(tensor.shape for tensor in request.inputs if tensor.name == "image")
+        images = uploads.restore_aspect(images, (width, height))
     return InferResponse(request.model, version, request.id, (Tensor("image", "UINT8", images.shape, images.ravel()),))
