@@ -1,10 +1,11 @@
 """The offline world's one command line.
 
     python -m export data                                   # render and cache the emoji dataset
-    python -m export train vae --minutes 20 --seed 0        # vae, dcgan, diffusion, gmm, classifier
+    python -m export train vae --minutes 20 --seed 0        # vae, dcgan, diffusion, gmm
     python -m export onnx all                               # checkpoints -> models/<name>/
     python -m export verify                                 # sha256 of every committed file
-    python -m export evaluate                               # FID_own, class accuracy, sample grids
+    python -m export evaluate                               # distances, accuracy, diversity, sample grids
+    python -m export evaluate --sweep                       # ... and the diffusion guidance/steps sweep
     python -m export evaluate --doc-only                    # docs/MODELS.md from docs/evaluation.json
 """
 
@@ -14,7 +15,7 @@ import argparse
 import logging
 import sys
 
-TRAINABLE = ("vae", "dcgan", "diffusion", "gmm", "classifier")
+TRAINABLE = ("vae", "dcgan", "diffusion", "gmm")
 PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "themes", "all")
 REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text")
 
@@ -35,6 +36,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("verify", help="check models/ against the manifests")
     evaluate = commands.add_parser("evaluate", help="score the generators, write docs figures")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--sweep", action="store_true", help="also sweep diffusion guidance and steps")
     evaluate.add_argument("--doc-only", action="store_true",
                           help="rewrite docs/MODELS.md from docs/evaluation.json without scoring")
     return parser.parse_args(argv)
@@ -75,7 +77,7 @@ def main(argv: list[str]) -> int:
     if args.doc_only:
         report.rewrite_models_doc()
     else:
-        report.evaluate_all(args.device)
+        report.evaluate_all(args.device, sweep=args.sweep)
     return 0
 
 
@@ -94,9 +96,9 @@ def train(args: argparse.Namespace) -> int:
         training.CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
         np.savez(training.CHECKPOINT_DIR / "gmm.npz", **mixture)
         return 0
-    from export import dcgan, diffusion, evaluate, vae
+    from export import dcgan, diffusion, vae
 
-    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "classifier": evaluate}[args.name]
+    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion}[args.name]
     module.train(args.steps, args.minutes, args.seed, device)
     return 0
 

@@ -1,10 +1,25 @@
-"""Class-conditional GAN at 32x32: a DCGAN-shaped generator with class-conditional batch norm,
-a spectrally normalised projection discriminator (Miyato & Koyama 2018), hinge loss, and
-DiffAugment (Zhao et al. 2020: translation, colour, cutout on real and fake alike) because 3.2 k
-images are too few for a discriminator that sees them unaugmented. MEASURED.md: a 6-minute run
-without these collapsed.
+"""Class-conditional GAN over the VAE's latents, served with the VAE decoder as one graph.
 
-    python -m export train dcgan --minutes 20 --seed 0
+Measured on this 2-core CPU (docs/MODELS.md): the 32x32 pixel-space recipe (same losses, a
+1.4 M-parameter generator and 3.5 M-parameter discriminator) costs 1.17 s per step, so an hour
+buys about 3 000 steps, and 7 335 steps on a lent GPU still gave emoji-coloured blobs. The
+VAE's 4x8x8 latent is 12x smaller than the image, and the latent diffusion model shows its
+decoder draws clear emoji from latents on the data's manifold. So the adversarial game is
+played in latent space, where a step costs milliseconds:
+
+- generator: z (128) -> 4x4x256 -> 8x8 residual blocks with class-conditional batch norm
+  (de Vries et al. 2017) -> a 4x8x8 latent;
+- discriminator: spectrally normalised convolutions over the latent with a class projection
+  (Miyato & Koyama 2018), hinge loss;
+- data: posterior samples (mean + std * noise) of every training image and its mirror image,
+  drawn afresh each step, plus a one-latent-pixel translation applied to real and fake alike
+  (DiffAugment, Zhao et al. 2020), so 3.2 k images do not let the discriminator memorise;
+- R1 gradient penalty on real latents (Mescheder et al. 2018) and an EMA of the generator.
+
+The served `generate` function is this generator followed by the committed VAE decoder, so the
+contract (z, class_id -> 32x32 image in [-1, 1]) is unchanged.
+
+    python -m export train dcgan --seed 0 --steps 40000 --minutes 60
 """
 
 from __future__ import annotations
@@ -15,12 +30,14 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from export import data, training
+from export import data, training, vae
 
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = len(data.GROUPS)
 Z_DIM = 128
+R1_WEIGHT = 0.1
+R1_EVERY = 4  # lazy regularisation (Karras et al. 2020): the penalty on every 4th step, scaled by 4
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -37,83 +54,97 @@ class ConditionalBatchNorm(nn.Module):
         return self.norm(x) * self.scale(class_id)[:, :, None, None] + self.shift(class_id)[:, :, None, None]
 
 
-class UpBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int):
+class Block(nn.Module):
+    """Residual block with class-conditional batch norm; `upsample` doubles the side first."""
+
+    def __init__(self, channels_in: int, channels_out: int, upsample: bool):
         super().__init__()
+        self.upsample = upsample
         self.norm1, self.norm2 = ConditionalBatchNorm(channels_in), ConditionalBatchNorm(channels_out)
         self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding=1)
         self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1)
-        self.skip = nn.Conv2d(channels_in, channels_out, 1)
+        self.skip = nn.Conv2d(channels_in, channels_out, 1) if channels_in != channels_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        if self.upsample:
+            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
         h = self.conv1(torch.relu(self.norm1(x, class_id)))
         h = self.conv2(torch.relu(self.norm2(h, class_id)))
         return self.skip(x) + h
 
 
-class Generator(nn.Module):
-    def __init__(self, width: int = 192):
+class LatentGenerator(nn.Module):
+    def __init__(self, width: int = 128):
         super().__init__()
         self.width = width
         self.project = nn.Linear(Z_DIM, 4 * 4 * width)
-        self.blocks = nn.ModuleList([UpBlock(width, width), UpBlock(width, width // 2), UpBlock(width // 2, width // 4)])
-        self.head = nn.Sequential(nn.BatchNorm2d(width // 4), nn.ReLU(), nn.Conv2d(width // 4, 3, 3, padding=1), nn.Tanh())
+        self.blocks = nn.ModuleList([Block(width, width // 2, upsample=True),  # 8x8
+                                     Block(width // 2, width // 2, upsample=False),
+                                     Block(width // 2, width // 2, upsample=False)])
+        self.head = nn.Sequential(nn.BatchNorm2d(width // 2), nn.ReLU(),
+                                  nn.Conv2d(width // 2, vae.LATENT_CHANNELS, 3, padding=1))
 
     def forward(self, z: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        h = self.project(z).reshape(-1, self.width, 4, 4)  # (N, 192, 4, 4)
-        for block in self.blocks:  # -> 8 -> 16 -> 32
+        h = self.project(z).reshape(-1, self.width, 4, 4)
+        for block in self.blocks:
             h = block(h, class_id)
-        return self.head(h)  # (N, 3, 32, 32) in [-1, 1]
+        return self.head(h)  # (N, 4, 8, 8) in the VAE's scaled latent space
 
 
 class Discriminator(nn.Module):
-    def __init__(self, width: int = 128):
+    def __init__(self, width: int = 96):
         super().__init__()
         self.features = nn.Sequential(
-            spectral_norm(nn.Conv2d(3, width // 2, 3, padding=1)), nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(width // 2, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),   # 16
+            spectral_norm(nn.Conv2d(vae.LATENT_CHANNELS, width, 3, padding=1)), nn.LeakyReLU(0.1),
             spectral_norm(nn.Conv2d(width, width, 3, padding=1)), nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 8
+            spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 4x4
             spectral_norm(nn.Conv2d(2 * width, 2 * width, 3, padding=1)), nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(2 * width, 4 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 4
         )
-        self.linear = spectral_norm(nn.Linear(4 * width, 1))
-        self.projection = spectral_norm(nn.Embedding(NUM_CLASSES, 4 * width))
+        self.linear = spectral_norm(nn.Linear(2 * width, 1))
+        self.projection = spectral_norm(nn.Embedding(NUM_CLASSES, 2 * width))
 
-    def forward(self, image: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        h = self.features(image).sum(dim=(2, 3))  # (N, 512), global sum pooling
+    def forward(self, latent: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        h = self.features(latent).sum(dim=(2, 3))
         return self.linear(h).squeeze(1) + (self.projection(class_id) * h).sum(1)
 
 
-def diff_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Differentiable colour, translation (1/8 of the side) and cutout (half the side)."""
-    batch, _, size, _ = images.shape
-    device = images.device
+class Generator(nn.Module):
+    """The served graph: latent generator, then the VAE decoder (frozen, as committed)."""
 
-    def uniform(*shape):
-        return torch.rand(shape, generator=generator).to(device)
+    def __init__(self, latent_generator: LatentGenerator, decoder: vae.ScaledDecoder):
+        super().__init__()
+        self.latent_generator, self.decoder = latent_generator, decoder
 
-    images = images + (uniform(batch, 1, 1, 1) - 0.5)  # brightness
-    mean = images.mean(dim=1, keepdim=True)
-    images = (images - mean) * (uniform(batch, 1, 1, 1) * 2) + mean  # saturation
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    images = (images - mean) * (uniform(batch, 1, 1, 1) + 0.5) + mean  # contrast
-    shift = size // 8
-    dx, dy = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
-    images = torch.roll(nn.functional.pad(images, (shift,) * 4, value=1.0), (dy, dx), dims=(2, 3))
-    images = images[:, :, shift:shift + size, shift:shift + size]
-    cut = size // 2
-    cx, cy = torch.randint(0, size - cut + 1, (2,), generator=generator).tolist()
-    mask = torch.ones_like(images[:, :1])
-    mask[:, :, cy:cy + cut, cx:cx + cut] = 0.0
-    return images * mask
+    def forward(self, z: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.latent_generator(z, class_id))  # (N, 3, 32, 32) in [-1, 1]
+
+
+def translate(latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shift the whole batch by up to one latent pixel (4 image pixels), edges replicated."""
+    dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
+    padded = nn.functional.pad(latents, (1, 1, 1, 1), mode="replicate")
+    return padded[:, :, 1 + dy:1 + dy + latents.shape[2], 1 + dx:1 + dx + latents.shape[3]]
+
+
+@torch.no_grad()
+def encode_training_set(encoder: vae.ScaledEncoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every training image and its mirror image: (2N, 4, 8, 8) each."""
+    means, stds = [], []
+    for chunk in torch.cat([images, images.flip(3)]).split(256):
+        mean, logvar = encoder(chunk)
+        means.append(mean), stds.append(torch.exp(0.5 * logvar))
+    return torch.cat(means), torch.cat(stds)
 
 
 def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64) -> dict:
+    from export import from_onnx  # the committed VAE, as served: its latents are what the decoder knows
+
     generator = training.seed_everything(seed)
     images, labels = training.training_images(data.load(), device)
-    gen, disc = Generator().to(device), Discriminator().to(device)
+    encoder = vae.ScaledEncoder(from_onnx.load_vae()).to(device).eval()
+    means, stds = encode_training_set(encoder, images)
+    labels = torch.cat([labels, labels])
+    gen, disc = LatentGenerator().to(device), Discriminator().to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
     ema = training.EMA(gen, decay=0.999)
@@ -123,14 +154,18 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
     sampler = training.BalancedSampler(labels, generator)
     while run.running():
         idx = sampler(batch).to(device)
-        real, class_id = images[idx], labels[idx]
-        real = torch.where((torch.rand(batch, 1, 1, 1, generator=generator) < 0.5).to(device), real.flip(3), real)
-        z = torch.randn(batch, Z_DIM, generator=generator).to(device)
-        fake = gen(z, class_id)
-        loss_d = (torch.relu(1 - disc(diff_augment(real, generator), class_id)).mean()
-                  + torch.relu(1 + disc(diff_augment(fake.detach(), generator), class_id)).mean())
+        noise = torch.randn(means[idx].shape, generator=generator).to(device)
+        real, class_id = means[idx] + stds[idx] * noise, labels[idx]
+        fake = gen(torch.randn(batch, Z_DIM, generator=generator).to(device), class_id)
+        real_aug = translate(real, generator).requires_grad_(run.step % R1_EVERY == 0)
+        real_score = disc(real_aug, class_id)
+        loss_d = (torch.relu(1 - real_score).mean()
+                  + torch.relu(1 + disc(translate(fake.detach(), generator), class_id)).mean())
+        if real_aug.requires_grad:
+            grad, = torch.autograd.grad(real_score.sum(), real_aug, create_graph=True)
+            loss_d = loss_d + R1_EVERY * R1_WEIGHT / 2 * grad.pow(2).sum(dim=(1, 2, 3)).mean()
         opt_d.zero_grad(set_to_none=True), loss_d.backward(), opt_d.step()
-        loss_g = -disc(diff_augment(fake, generator), class_id).mean()
+        loss_g = -disc(translate(fake, generator), class_id).mean()
         opt_g.zero_grad(set_to_none=True), loss_g.backward(), opt_g.step(), ema.update(gen)
         run.advance()
         if run.step % 1000 == 0:
@@ -143,7 +178,7 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(gen: Generator, generator: torch.Generator, device: torch.device,
+def recalibrate_batch_norm(gen: LatentGenerator, generator: torch.Generator, device: torch.device,
                            batches: int = 100, batch: int = 256) -> None:
     """Re-estimate the EMA generator's batch-norm statistics from its own activations: the running
     averages it inherited belong to the raw generator, whose weights differ."""
@@ -159,9 +194,13 @@ def recalibrate_batch_norm(gen: Generator, generator: torch.Generator, device: t
 
 
 def load_trained(device: torch.device | str = "cpu") -> Generator:
+    """The EMA latent generator from its checkpoint, with the committed VAE decoder behind it."""
+    from export import from_onnx
+
     state = training.load_checkpoint("dcgan", device)
     if state is None:
         raise FileNotFoundError("no dcgan checkpoint: run `python -m export train dcgan` first")
-    gen = Generator().to(device)
-    gen.load_state_dict(state["ema"])
-    return gen.eval()
+    latent_generator = LatentGenerator().to(device)
+    latent_generator.load_state_dict(state["ema"])
+    decoder = vae.ScaledDecoder(from_onnx.load_vae()).to(device)
+    return Generator(latent_generator, decoder).eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Building blocks shared by the VAE, the diffusion UNet and the evaluation classifier."""
+"""Building blocks shared by the VAE and the diffusion UNet."""
 
 from __future__ import annotations
 

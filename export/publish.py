@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,10 +20,12 @@ import torch
 from export import data, dcgan, diffusion, gmm, manifest, text, training, vae
 from export.onnx import GraphSpec, export_graph, io_description
 from service.fp16 import half_precision, half_precision_bytes
+from service.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
+VERSIONS = {"dcgan": "2.0.0", "gmm": "2.0.0"}  # new weights, same contract: old genomes are refused, not redrawn
 RECIPES = {
     "vae": "python -m export train vae --seed 0 --steps {steps} --minutes {minutes:.0f}",
     "dcgan": "python -m export train dcgan --seed 0 --steps {steps} --minutes {minutes:.0f}",
@@ -35,15 +38,21 @@ RECIPES = {
 def training_record(name: str, state: dict | None) -> dict:
     record = {"seed": 0, "data": data.data_record(), "license": data.DATA_LICENSE}
     if state is not None:
-        record.update(recipe=RECIPES[name].format(steps=state.get("steps", state["step"]),
-                                                  minutes=max(1.0, state["minutes"] + 0.5)),
+        # the steps actually run, so the recipe reproduces these weights wherever it runs; the minutes are a cap
+        record.update(recipe=RECIPES[name].format(steps=state["step"], minutes=max(60.0, state["minutes"] + 0.5)),
                       steps=state["step"], minutes=round(state["minutes"], 2), device=state.get("device", "cpu"),
                       torch=torch.__version__)
     return record
 
 
+def vae_record(models_dir: Path = manifest.MODELS_DIR) -> dict:
+    """Which committed VAE a latent-space recipe was fit on (its latents) and, for dcgan, embeds."""
+    return {"encoder_sha256": sha256_file(models_dir / "vae" / "encoder.onnx"),
+            "decoder_sha256": sha256_file(models_dir / "vae" / "decoder.onnx")}
+
+
 def base_manifest(name: str, family: str, state: dict | None) -> dict:
-    return {"name": name, "family": family, "version": VERSION, "image_size": 32,
+    return {"name": name, "family": family, "version": VERSIONS.get(name, VERSION), "image_size": 32,
             "classes": list(data.GROUPS), "training": training_record(name, state)}
 
 
@@ -96,7 +105,10 @@ def publish_dcgan(models_dir: Path, module: dcgan.Generator | None = None, state
                      ("z", "class_id"), ("image",))
     metrics = export_graph(spec, target / "generator.onnx")
     entry = base_manifest("dcgan", "gan", state)
+    entry["training"]["vae"] = vae_record()
     entry.update(functions={"generate": function_entry(target / "generator.onnx", metrics)},
+                 architecture="class-conditional GAN over the VAE's 4x8x8 latents (hinge loss, spectral norm, "
+                              "projection discriminator, R1, EMA), with the VAE decoder embedded in the graph",
                  z_dim=dcgan.Z_DIM, conditioning={"type": "class", "num_classes": dcgan.NUM_CLASSES},
                  metrics={"export": {"generate": metrics}, "parameters": training.count_parameters(module)})
     return manifest.write(target, entry)
@@ -134,7 +146,7 @@ def publish_gmm(models_dir: Path, mixture: dict | None = None) -> dict:
     target = fresh_dir(models_dir, "gmm")
     np.savez_compressed(target / "gmm.npz", **mixture)  # the factors are lower-triangular
     entry = base_manifest("gmm", "gmm-prior", None)
-    entry["training"]["recipe"] = RECIPES["gmm"]
+    entry["training"].update(recipe=RECIPES["gmm"], settings=dataclasses.asdict(gmm.SETTINGS), vae=vae_record())
     entry.update(functions={}, prior_file="gmm.npz", depends_on=["vae"], latent_shape=list(vae.LATENT_SHAPE),
                  components=int(len(mixture["weights"])), conditioning={"type": "class"},
                  metrics={"parameters": int(sum(v.size for v in mixture.values()))})
@@ -210,3 +222,4 @@ def publish_all(models_dir: Path = manifest.MODELS_DIR) -> None:
         publish_text(models_dir)
     publish_themes(models_dir)
     log.info("%s", json.dumps({p.name: len(manifest.read(p)["files"]) for p in models_dir.iterdir()}))
+

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from harness.serving import ROOT, metric_value
+from service import manifest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -64,7 +65,7 @@ def test_every_model_generates_n_distinct_images(server, model):
     assert [i["seed"] for i in result["images"]] == [11, 12, 13]
     assert all(i.shape == (32, 32, 3) for i in images)
     assert not np.array_equal(images[0], images[1])  # each image has its own noise
-    assert result["ai_generated"] is True and result["version"] == "1.0.0"
+    assert result["ai_generated"] is True and result["version"] == manifest.read(ROOT / "models" / model).version
 
 
 def test_same_request_twice_gives_identical_png_bytes(server):
