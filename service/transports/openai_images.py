@@ -17,11 +17,12 @@ api_key='unused'); print(c.images.generate(prompt='a red heart', model='diffusio
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -29,6 +30,8 @@ from starlette.formparsers import MultiPartException
 
 from service import pipelines, rules, uploads
 from service.errors import AtelierError, InvalidInput
+from service.server import EncodedImage
+from service.transports import streaming
 from service.transports.bodies import GenerationSettings, Prompt, bounded, parse
 from service.transports.context import client_gone, core_of, error_status_and_headers
 
@@ -46,6 +49,9 @@ class ImageGenerationBody(GenerationSettings):
     user: str | None = None  # OpenAI's end-user id; accepted and not used
     # Atelier's extras beyond the shared settings, as in /v1/generate
     class_: Annotated[int | None, Field(alias="class", ge=0, description="the model's class id")] = None
+    # OpenAI's streaming: server-sent `image_generation.partial_image` events, then `...completed`
+    stream: bool = False
+    partial_images: Annotated[int | None, bounded(rules.PARTIAL_IMAGES)] = None
 
 
 class ImageEditForm(ImageGenerationBody):
@@ -56,13 +62,15 @@ class ImageEditForm(ImageGenerationBody):
 
 class ImageVariationForm(ImageEditForm):
     prompt: None = None  # OpenAI's variations take no prompt
+    stream: Literal[False] = False  # nor stream (the SDK has no variation events)
 
 
 @router.post("/generations", openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": ImageGenerationBody.model_json_schema()}}}})
 async def generate_images(request: Request) -> JSONResponse:
-    async def plain_request() -> pipelines.GenerateRequest:
-        return to_plain(parse(ImageGenerationBody, await request.body()))
+    async def plain_request() -> tuple[pipelines.GenerateRequest, ImageGenerationBody]:
+        body = parse(ImageGenerationBody, await request.body())
+        return to_plain(body), body
 
     return await answer(request, "/v1/images/generations", plain_request)
 
@@ -72,14 +80,15 @@ async def generate_images(request: Request) -> JSONResponse:
     "properties": {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
                    **ImageEditForm.model_json_schema()["properties"]}}}}}})
 async def edit_images(request: Request) -> JSONResponse:
-    async def plain_request() -> pipelines.GenerateRequest:
+    async def plain_request() -> tuple[pipelines.GenerateRequest, ImageGenerationBody]:
         fields, files = await read_form(request, ("image", "mask"))
         body = parse(ImageEditForm, fields)
         edit = uploads.decode_edit(files["image"], files.get("mask"))
         # a masked area is redrawn whole; an unmasked image keeps some of its layout
         default = rules.STRENGTH.maximum if edit.mask is not None else rules.IMG2IMG_STRENGTH
         strength = body.strength if body.strength is not None else default
-        return to_plain(body, init_image=edit.image, mask=edit.mask, strength=strength, upload_sha256=edit.sha256)
+        return to_plain(body, init_image=edit.image, mask=edit.mask, strength=strength,
+                        upload_sha256=edit.sha256), body
 
     return await answer(request, "/v1/images/edits", plain_request)
 
@@ -89,27 +98,65 @@ async def edit_images(request: Request) -> JSONResponse:
     "properties": {"image": {"type": "string", "format": "binary"},
                    **ImageVariationForm.model_json_schema()["properties"]}}}}}})
 async def image_variations(request: Request) -> JSONResponse:
-    async def plain_request() -> pipelines.GenerateRequest:
+    async def plain_request() -> tuple[pipelines.GenerateRequest, ImageGenerationBody]:
         fields, files = await read_form(request, ("image",))
         body = parse(ImageVariationForm, fields)
         edit = uploads.decode_edit(files["image"], None)
         strength = body.strength if body.strength is not None else rules.IMG2IMG_STRENGTH
-        return to_plain(body, init_image=edit.image, strength=strength, upload_sha256=edit.sha256)
+        return to_plain(body, init_image=edit.image, strength=strength, upload_sha256=edit.sha256), body
 
     return await answer(request, "/v1/images/variations", plain_request)
 
 
-async def answer(request: Request, route: str, plain_request) -> JSONResponse:
-    """Decode, validate, admit, run and encode: the path all three routes share."""
+async def answer(request: Request, route: str, plain_request) -> Response:
+    """Decode, validate, admit, run and encode: the path all three routes share. With `stream`, the answer is
+    OpenAI's event stream (streaming.py)."""
     core = core_of(request)
     try:
-        plain = await plain_request()
+        plain, body = await plain_request()
+        rules.check_stream(body.stream, rules.PARTIAL_IMAGES, body.partial_images)
+        if body.stream:
+            partials = body.partial_images or 0
+            return streaming.EventStream(core, route, "openai", plain, OpenAIWire(route),
+                                         lambda total: streaming.spread_over_steps(total, partials))
         async with core.admitted(route, "openai", [plain]):
             generated = await core.generate(plain, lambda: client_gone(request))
     except AtelierError as error:
         return openai_error(error)
     data = [{"b64_json": base64.b64encode(image.data).decode()} for image in await core.encode(generated)]
     return JSONResponse({"created": int(time.time()), "data": data, "output_format": "png", "size": SIZE})
+
+
+class OpenAIWire:
+    """OpenAI's image streaming, as its SDK parses it (`ImageGenStreamEvent` / `ImageEditStreamEvent`): each
+    image's `partial_image` events, then one `completed` event per image (in image order), or an `error`
+    event with OpenAI's error body, which the SDK raises as an APIError. Atelier's progress events have no
+    place in it and are not sent."""
+
+    def __init__(self, route: str):
+        self.kind = "image_edit" if route.endswith("/edits") else "image_generation"
+
+    def frame(self, event: streaming.Event) -> bytes:
+        match event:
+            case streaming.Preview(_, _, index, images):
+                return b"".join(self.image_event("partial_image", image, partial_image_index=index)
+                                for image in images)
+            case streaming.Finished(_, _, images):
+                usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+                         "output_tokens": 0, "total_tokens": 0}  # Atelier counts no tokens
+                return b"".join(self.image_event("completed", image, usage=usage) for image in images)
+            case streaming.Failed(error):
+                return streaming.sse("error", {"type": "error", **json.loads(self.refusal(error).body)})
+        return b""
+
+    def image_event(self, name: str, image: EncodedImage, **fields) -> bytes:
+        kind = f"{self.kind}.{name}"
+        return streaming.sse(kind, {"type": kind, "b64_json": base64.b64encode(image.data).decode(),
+                                    "background": "opaque", "created_at": int(time.time()), "output_format": "png",
+                                    "quality": "auto", "size": SIZE, **fields})
+
+    def refusal(self, error: AtelierError) -> JSONResponse:
+        return openai_error(error)
 
 
 def to_plain(body: ImageGenerationBody, **edit) -> pipelines.GenerateRequest:
