@@ -73,9 +73,11 @@ def layout_distance(image: Image.Image, reference: bytes) -> float:
     return float(np.abs(coarse(image) - coarse(Image.open(io.BytesIO(reference)))).mean())
 
 
-def test_strength_zero_returns_the_sketch_at_its_own_aspect(server):
+def test_strength_zero_returns_the_sketch_at_its_own_aspect_recorded_as_a_composite(server):
     [image] = images_of(post(server, "/v1/img2img", image=b64(sketch()), strength=0.0))
     assert image.size == SIZE
+    parameters = json.loads(image.text["parameters"])
+    assert parameters["upload_sha256"] == hashlib.sha256(sketch()).hexdigest() and parameters["composite"] is True
     distance = layout_distance(image, sketch())
     log.info("strength 0: layout distance %.2f to the sketch (0..255)", distance)
     assert distance < 12  # the VAE's reconstruction of the 32x32 copy, blurred
