@@ -144,7 +144,7 @@ def publish_gmm(models_dir: Path, mixture: dict | None = None) -> dict:
         with np.load(training.CHECKPOINT_DIR / "gmm.npz") as arrays:
             mixture = dict(arrays)
     target = fresh_dir(models_dir, "gmm")
-    np.savez_compressed(target / "gmm.npz", **mixture)  # the factors are lower-triangular
+    np.savez_compressed(target / "gmm.npz", **mixture)
     entry = base_manifest("gmm", "gmm-prior", None)
     entry["training"].update(recipe=RECIPES["gmm"], settings=dataclasses.asdict(gmm.SETTINGS), vae=vae_record())
     entry.update(functions={}, prior_file="gmm.npz", depends_on=["vae"], latent_shape=list(vae.LATENT_SHAPE),

@@ -123,5 +123,19 @@ def derived_fp16(path: Path, expected_sha256: str) -> bytes:
 
 
 def load_gmm(model: LoadedModel) -> dict[str, np.ndarray]:
+    """The prior's arrays, with `cholesky` (K, 256, 256) holding one factor per component whatever
+    the file's layout (docs/INTERFACES.md)."""
     with np.load(model.directory / model.manifest.prior_file) as arrays:
-        return {key: arrays[key] for key in arrays.files}
+        prior = {key: arrays[key] for key in arrays.files}
+    return {**{k: v for k, v in prior.items() if k not in ("basis", "scales", "isotropic")},
+            "cholesky": gmm_factors(prior)}
+
+
+def gmm_factors(prior: dict[str, np.ndarray]) -> np.ndarray:
+    """(K, 256, 256) float16 F_k with F_k F_k^T = component k's covariance: the stored Cholesky factors,
+    or, from the low-rank layout, the symmetric square root U_k diag(scales_k) U_k^T + s I."""
+    if "cholesky" in prior:
+        return prior["cholesky"]
+    basis = prior["basis"].astype(np.float32)
+    square_root = np.einsum("kir,kr,kjr->kij", basis, prior["scales"], basis)
+    return (square_root + prior["isotropic"] * np.eye(basis.shape[1], dtype=np.float32)).astype(np.float16)
