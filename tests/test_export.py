@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from export import data, dcgan, diffusion, from_onnx, gmm, manifest, publish, text, training, vae
+from service import registry
 from export.onnx import PARITY_BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,10 +254,17 @@ def test_onnx_graph_matches_the_torch_checkpoint_at_a_batch_size_it_was_not_expo
 def test_gmm_prior_has_the_layout_docs_interfaces_describes(published):
     with np.load(published.models_dir / "gmm" / "gmm.npz") as arrays:
         prior = dict(arrays)
-    components = len(prior["weights"])
+    components, rank = len(prior["weights"]), gmm.SETTINGS.rank
     assert prior["means"].shape == (components, 256)
-    assert prior["cholesky"].shape == (components, 256, 256) and prior["cholesky"].dtype == np.float16
-    assert np.all(np.triu(prior["cholesky"].astype(np.float32), k=1) == 0)
+    assert prior["basis"].shape == (components, 256, rank) and prior["basis"].dtype == np.float16
+    assert prior["scales"].shape == (components, rank) and np.all(prior["scales"] >= 0)
+    basis = prior["basis"].astype(np.float32)
+    gram = np.einsum("kir,kis->krs", basis, basis)  # orthonormal directions, up to float16
+    np.testing.assert_allclose(gram, np.broadcast_to(np.eye(rank), gram.shape), atol=2e-2)
+    factors = registry.gmm_factors(prior).astype(np.float64)
+    assert factors.shape == (components, 256, 256)
+    covariance = factors @ factors.transpose(0, 2, 1)  # what the service samples with
+    assert np.all(np.linalg.eigvalsh(covariance)[:, 0] >= 0.9 * float(prior["isotropic"]) ** 2)
     assert prior["component_class"].dtype == np.int64
     assert set(prior["component_class"].tolist()) == set(range(len(data.GROUPS)))
     assert published.manifests["gmm"]["components"] == components
