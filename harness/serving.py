@@ -31,7 +31,9 @@ def free_port() -> int:
 class AtelierServer:
     """A served Atelier subprocess; `url` is its HTTP base, `grpc_port` its gRPC port."""
 
-    def __init__(self, env: dict[str, str] | None = None, ready_timeout: float = 90.0):
+    def __init__(self, env: dict[str, str] | None = None, ready_timeout: float = 90.0,
+                 service: str = "service:Atelier"):
+        self.service = service  # what `bentoml serve` imports (tests plant faults in a module of their own)
         self.port, self.grpc_port = free_port(), free_port()
         # A BentoML home of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir at
         # start, so servers sharing a home (two in one test session, or two test sessions on one
@@ -48,7 +50,7 @@ class AtelierServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [str(BENTOML), "serve", "service:Atelier", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(BENTOML), "serve", self.service, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if wait_until_ready(self.process, self.url + "/readyz", self.ready_timeout, self.log):
             return self

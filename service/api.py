@@ -21,11 +21,12 @@ from service.engine import Engine
 from service.registry import Registry, verified_manifests
 from service.server import ServingCore
 from service.transports import oip_grpc
-from service.transports.http_app import create_app
+from service.transports.http_app import create_app, label_bentoml_metrics_by_route
 
 log = logging.getLogger("atelier")
 
 app = create_app()
+label_bentoml_metrics_by_route(app)  # BentoML's own HTTP metrics would label each request by its raw path
 
 # BentoML's own per-request timeout (traffic.timeout) leaves a timer armed for that long after every
 # answer (bentoml/_internal/server/http/traffic.py never cancels it), holding the request's context and

@@ -39,6 +39,9 @@ class Config:
     diffusion_batching: Literal["step", "request"] = "step"
     # KServe's conventional gRPC port (HTTP stays on BentoML's 3000).
     grpc_port: int = 8001
+    # The address gRPC listens on. None: the HTTP server's (`bentoml serve --host`), so an operator who binds
+    # HTTP to 127.0.0.1 does not expose inference over gRPC to the network; 127.0.0.1 when that is unknown.
+    grpc_host: str | None = None
     # Admission by predicted wait: a request is admitted while the model work queued ahead of it (per
     # function: rows x the function's measured cost per row, plus its runs' fixed cost) is predicted to
     # take at most this long; otherwise 429 with Retry-After = that prediction. Chosen from measurement
@@ -201,6 +204,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ATELIER_GATHER_MS": ("gather_ms", _number("milliseconds", 0)),
     "ATELIER_DIFFUSION_BATCHING": ("diffusion_batching", _choice("step", "request")),
     "ATELIER_GRPC_PORT": ("grpc_port", _integer(1, 65535)),
+    "ATELIER_GRPC_HOST": ("grpc_host", _text),
     "ATELIER_MAX_QUEUE_SECONDS": ("max_queue_seconds", _number("seconds", 0, inclusive=False)),
     "ATELIER_MAX_INFLIGHT": ("max_inflight", _integer(1)),
     "ATELIER_QUEUE_ORDER": ("queue_order", _choice("age", "remaining", "arrival")),

@@ -1,10 +1,17 @@
 """Images that clients upload (img2img, inpainting, variations), decoded safely into model input.
 
 An upload is refused with InvalidInput (400) before Pillow decodes a pixel when it is not an image,
-when its bytes exceed MAX_UPLOAD_BYTES, or when its header declares more than MAX_UPLOAD_PIXELS
-(a decompression bomb: a few kB of PNG can declare 10⁹ pixels). Accepted images are composited on
-the training set's white canvas, padded to a square and resized to the models' 32×32, as the
-emoji were when the models learnt them.
+when its bytes exceed MAX_UPLOAD_BYTES, when its header declares more than MAX_UPLOAD_PIXELS
+(a decompression bomb: a few kB of PNG can declare 10⁹ pixels), or when it is a JPEG of more than
+MAX_JPEG_SCANS scans (a progressive JPEG decodes every pixel once per scan: a few kB of repeated
+scans cost seconds). Accepted images are composited on the training set's white canvas, reduced to
+at most PREPARED_SIDE a side, padded to a square and resized to the models' 32×32, as the emoji were
+when the models learnt them: the work is bounded by the upload's pixels whatever its aspect (a
+16384×1024 strip is not padded to 16384² first).
+
+Decoding is CPU work of up to a few hundred ms, so transports run it with `decode_edit_off_loop`: in
+one thread beside the event loop (Pillow releases the GIL while it decodes and resizes), after
+admission, with at most MAX_WAITING_DECODES uploads waiting for it (429 past that).
 
 Masks follow OpenAI's convention: a PNG of the image's size with an alpha channel, whose fully
 transparent pixels mark the area to repaint. JSON routes send the same files as base64 text
@@ -15,17 +22,21 @@ transparent pixels mark the area to repaint. JSON routes send the same files as 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, Overloaded
 
 MAX_UPLOAD_BYTES = 4 * 2**20  # a 32x32 model needs far less; 4 MiB admits any ordinary photo or sketch
 MAX_UPLOAD_PIXELS = 4096 * 4096  # the header's claim is checked before decoding (decompression bombs)
@@ -36,6 +47,23 @@ MAX_UPLOAD_BASE64_CHARS = 4 * (MAX_UPLOAD_BYTES // 3 + 1) + 64
 # a result is a 32x32 drawing: returned at the upload's size up to this side, past which an upscale adds
 # only blur and bytes (16 images of 512x512 are a few MB of PNG)
 MAX_RETURN_SIDE = 512
+# libjpeg's own progressive script has 10 scans for colour (6 for grey); a count of FF DA bytes (which can
+# only overcount: an EXIF thumbnail adds its own) past this is not an ordinary camera or web file. Measured:
+# a 4096² progressive JPEG with 30 scans decodes in 0.26 s, with 110 in 0.93 s (Pillow 13, 2-core VM).
+MAX_JPEG_SCANS = 32
+# Before padding and resizing, an upload is box-reduced until its longer side is at most this (8× the model's
+# side keeps Lanczos' quality), so the padded square is at most 256² whatever the upload's aspect.
+PREPARED_SIDE = 256
+# One decoding thread: uploads take one core at most, the other stays with the event loop and the Engine.
+# Uploads waiting past this many are refused (429) rather than queued without bound (a worst-case upload,
+# ~0.3 s of decoding, waits at most ~2 s).
+MAX_WAITING_DECODES = 8
+_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-decode")
+_waiting_decodes = 0
+T = TypeVar("T")
+# What admission plans an edit by before its upload is decoded: the shapes `decode_edit` returns
+PLANNED_IMAGE = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 255, np.uint8)
+PLANNED_MASK = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
 
 
 @dataclass(frozen=True)
@@ -64,14 +92,22 @@ def _open(payload: bytes, what: str) -> Image.Image:
             image = Image.open(io.BytesIO(payload), formats=ACCEPTED_FORMATS)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(f"{what} declares more than {MAX_UPLOAD_PIXELS} pixels") from None
-    except (UnidentifiedImageError, OSError):
+    except UnidentifiedImageError:
         raise InvalidInput(f"{what} is not a PNG, JPEG or WebP image") from None
+    except ValueError:  # Pillow's bound on what a text or ICC chunk inflates to (1 MiB)
+        raise InvalidInput(f"{what} has a text or ICC chunk too large to read") from None
+    except Exception:  # a header Pillow cannot parse raises whatever its parser hit (OSError, SyntaxError, ...)
+        raise InvalidInput(f"{what} is not a valid PNG, JPEG or WebP image") from None
     width, height = image.size
     if width * height > MAX_UPLOAD_PIXELS:
         raise InvalidInput(f"{what} declares {width}x{height} pixels; the limit is {MAX_UPLOAD_PIXELS} pixels")
+    if image.format == "JPEG" and (scans := payload.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise InvalidInput(f"{what} is a JPEG of {scans} scans; the limit is {MAX_JPEG_SCANS}")
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError):
+    except MemoryError:
+        raise
+    except Exception:
         raise InvalidInput(f"{what} is truncated or corrupt") from None
     return image
 
@@ -87,6 +123,31 @@ def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> Edit:
     image = _open(image_payload, "image")
     mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), image.size)
     return Edit(_model_input(image), mask, image.size, hashlib.sha256(image_payload).hexdigest())
+
+
+def planned(mask_payload: bytes | None) -> dict[str, np.ndarray | None]:
+    """A request's edit fields as admission plans them before the upload is decoded (`decoded_into`)."""
+    return {"init_image": PLANNED_IMAGE, "mask": None if mask_payload is None else PLANNED_MASK}
+
+
+async def decoded_into(request, image_payload: bytes, mask_payload: bytes | None):
+    """(`request` with the decoded upload in place of what `planned` put there, the Edit): `decode_edit` in
+    the decoding thread, so the event loop (health checks, other requests, gRPC) keeps running while it
+    works; Overloaded (429) when MAX_WAITING_DECODES uploads already wait for it. Call it once admitted."""
+    global _waiting_decodes
+    if _waiting_decodes >= MAX_WAITING_DECODES:
+        raise Overloaded(f"{_waiting_decodes} uploads are waiting to be decoded; retry shortly", retry_after=1.0)
+    _waiting_decodes += 1
+    try:
+        edit = await off_loop(decode_edit, image_payload, mask_payload)
+    finally:
+        _waiting_decodes -= 1
+    return replace(request, init_image=edit.image, mask=edit.mask, upload_sha256=edit.sha256), edit
+
+
+async def off_loop(work: Callable[..., T], *args) -> T:
+    """`work(*args)` in the decoding thread: decoding, and what is made at an upload's size."""
+    return await asyncio.get_running_loop().run_in_executor(_DECODER, work, *args)
 
 
 def from_base64(text: str, what: str = "image") -> bytes:
@@ -117,8 +178,22 @@ def restore_aspect(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                      for image in images])
 
 
+# modes Image.reduce takes as they are (it weights colour by alpha itself); others are converted first
+_REDUCIBLE_MODES = ("RGB", "RGBA", "L", "LA")
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    """The image box-reduced by a whole factor until its longer side is at most PREPARED_SIDE, before any
+    other work and copy at full size: cost in proportion to its pixels, and the square it is padded to
+    stays small whatever its aspect."""
+    factor = -(-max(image.size) // PREPARED_SIDE)  # ceiling division
+    if factor == 1:
+        return image
+    return (image if image.mode in _REDUCIBLE_MODES else image.convert("RGBA")).reduce(factor)
+
+
 def _model_input(image: Image.Image) -> np.ndarray:
-    rgba = image.convert("RGBA")
+    rgba = _reduced(image).convert("RGBA")
     canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
     flat = Image.alpha_composite(canvas, rgba).convert("RGB")
     square = ImageOps.pad(flat, (max(flat.size),) * 2, color=WHITE)
@@ -131,7 +206,7 @@ def _repaint_mask(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
         raise InvalidInput(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
     if "A" not in mask.getbands() and "transparency" not in mask.info:
         raise InvalidInput("mask needs an alpha channel: its fully transparent pixels mark the area to edit")
-    alpha = mask.convert("RGBA").getchannel("A")
-    square = ImageOps.pad(alpha, (max(size),) * 2, color=255)  # padding is kept, like the image's
+    alpha = _reduced(mask if mask.mode in ("RGBA", "LA") else mask.convert("RGBA")).getchannel("A")
+    square = ImageOps.pad(alpha, (max(alpha.size),) * 2, color=255)  # padding is kept, like the image's
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)  # mean alpha per pixel
     return np.asarray(small) < 128

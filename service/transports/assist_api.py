@@ -46,24 +46,27 @@ class InpaintBody(Img2ImgBody):
 @router.post("/img2img", response_model=GenerateResponse)
 async def img2img(body: Img2ImgBody, request: Request) -> GenerateResponse:
     """Images that start from an uploaded image or sketch: strength 0 returns it, 1 ignores it."""
-    edit = uploads.decode_edit(uploads.from_base64(body.image, "image"), None)
-    return await answer(request, "/v1/img2img", body, edit)
+    return await answer(request, "/v1/img2img", body, uploads.from_base64(body.image, "image"), None)
 
 
 @router.post("/inpaint", response_model=GenerateResponse)
 async def inpaint(body: InpaintBody, request: Request) -> GenerateResponse:
     """The masked area of an uploaded image repainted; the pixels outside the mask are the upload's own."""
-    edit = uploads.decode_edit(uploads.from_base64(body.image, "image"), uploads.from_base64(body.mask, "mask"))
-    return await answer(request, "/v1/inpaint", body, edit)
+    return await answer(request, "/v1/inpaint", body, uploads.from_base64(body.image, "image"),
+                        uploads.from_base64(body.mask, "mask"))
 
 
-async def answer(request: Request, route: str, body: Img2ImgBody, edit: uploads.Edit) -> GenerateResponse:
-    """Admit, run, return at the upload's aspect: the path both routes share."""
+async def answer(request: Request, route: str, body: Img2ImgBody, image: bytes,
+                 mask: bytes | None) -> GenerateResponse:
+    """Admit, decode the upload, run, return at the upload's aspect: the path both routes share. Decoding and
+    resizing to the upload's size (up to 16 images of 512²) run off the event loop."""
     core = core_of(request)
-    plain = body.to_request(core.class_id(body.model, body.class_), body.prompt, init_image=edit.image,
-                            mask=edit.mask, strength=body.strength, upload_sha256=edit.sha256)
+    plain = body.to_request(core.class_id(body.model, body.class_), body.prompt, **uploads.planned(mask),
+                            strength=body.strength)
     async with core.admitted(route, "json", [plain]):
+        plain, edit = await uploads.decoded_into(plain, image, mask)
         generated = await core.generate(plain, lambda: client_gone(request))
-    restored = replace(generated, images=uploads.restore_aspect(generated.images, edit.size))
+    restored = replace(generated,
+                       images=await uploads.off_loop(uploads.restore_aspect, generated.images, edit.size))
     return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
                             images=[GeneratedImage.of(image) for image in await core.encode(restored)])

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import pipelines, rules
-from service.errors import invalid_request
+from service.errors import InvalidInput, invalid_request
 
 SamplerName = Literal[rules.SAMPLERS]
 PriorityName = Literal[rules.PRIORITIES]
@@ -32,9 +33,11 @@ Prompt = Annotated[str, Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)]
 
 
 class GenerationSettings(BaseModel):
-    """The settings every generating route takes (JSON API, OpenAI routes' extras)."""
+    """The settings every generating route takes (JSON API, OpenAI routes' extras). Strict in JSON: a number
+    is a JSON number ("n": "3", "n": true, "class": true are refused, not coerced); multipart form fields,
+    which are text by nature, are parsed with coercion (`parse`)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     model: ModelName = rules.DEFAULT_MODEL
     n: Annotated[int, bounded(rules.N)] = rules.N.default
@@ -52,9 +55,21 @@ class GenerationSettings(BaseModel):
                                          priority=self.priority, **edit)
 
 
-def parse(model: type[BaseModel], raw: bytes | dict, what: str = "request"):
-    """A body parsed by its pydantic model; a schema failure is InvalidInput (400) naming each field."""
+def parse(model: type[BaseModel], raw: bytes | dict[str, str], what: str = "request"):
+    """A body parsed by its pydantic model: JSON bytes as strictly as the model says, form fields (text)
+    with coercion to the field's type; a schema failure is InvalidInput (400) naming each field."""
     try:
-        return model.model_validate_json(raw) if isinstance(raw, bytes) else model.model_validate(raw)
+        return model.model_validate_json(raw) if isinstance(raw, bytes) else model.model_validate(raw, strict=False)
     except ValidationError as error:
         raise invalid_request(error.errors(), what) from None
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """A router dependency: a query parameter the route does not declare is refused (InvalidInput), not
+    ignored, so a misspelt or unsupported setting (`/v1/image.png?eta=1`) is not silently dropped."""
+    route = request.scope.get("route")
+    declared = {param.alias for param in route.dependant.query_params} if route is not None else set()
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        allowed = ", ".join(sorted(declared)) or "none"
+        raise InvalidInput(f"unknown query parameter {', '.join(map(repr, unknown))}; this route takes: {allowed}")

@@ -17,9 +17,13 @@ import asyncio
 import functools
 import hmac
 import logging
+import os
+import socket
+import sys
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from service import logs
 from service.admission import ARRIVED
@@ -32,7 +36,8 @@ from service.transports import oip
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("atelier.access")
 
-SERVICE = "/inference.GRPCInferenceService/"
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVICE = f"/{SERVICE_NAME}/"
 ROUTE = SERVICE + "ModelInfer"  # the metrics label
 OPEN_METHODS = (SERVICE + "ServerLive", SERVICE + "ServerReady")  # probes need no key, as over HTTP
 # Same bound as an HTTP body (oip_http.MAX_BODY_BYTES): gRPC answers RESOURCE_EXHAUSTED beyond it.
@@ -62,6 +67,8 @@ def answers_with_status(method):
         started, code = time.perf_counter(), grpc.StatusCode.OK
         ARRIVED.set(started)
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidInput(f"the request is not a valid {request.message_name} protobuf message")
             return await method(self, request, context)
         except asyncio.CancelledError:  # the client went away, or the server is shutting down
             code = grpc.StatusCode.CANCELLED
@@ -150,6 +157,51 @@ def decode_parameters(parameters) -> dict[str, oip.Parameter]:
     return decoded
 
 
+class Undecodable:
+    """What a request whose bytes do not parse as its message becomes, so that the servicer answers it
+    INVALID_ARGUMENT: a deserializer that raised would make grpc answer UNKNOWN, naming a Python class."""
+
+    def __init__(self, message_name: str):
+        self.message_name = message_name
+
+
+def tolerant_parser(message_type):
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable(message_type.DESCRIPTOR.name)
+
+    return parse
+
+
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's methods (the generated registration's, with tolerant request parsers)."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name), request_deserializer=tolerant_parser(request_type),
+            response_serializer=response_type.SerializeToString)
+    return handlers
+
+
+def http_bind_host(argv: list[str] = sys.argv) -> str | None:
+    """The address the worker's HTTP socket is bound to: `bentoml serve --host` binds it and hands each worker
+    its file descriptor as `--fd N`. None outside such a worker."""
+    try:
+        with socket.socket(fileno=os.dup(int(argv[argv.index("--fd") + 1]))) as listener:
+            if listener.family in (socket.AF_INET, socket.AF_INET6):
+                return listener.getsockname()[0]
+    except (ValueError, IndexError, OSError):
+        pass
+    return None
+
+
+def listen_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every RPC but the health probes unless its metadata carries `authorization: Bearer <key>`."""
 
@@ -170,14 +222,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def start(core: ServingCore, server_version: str) -> grpc.aio.Server:
-    """Serve on config.grpc_port, all interfaces, in the running (HTTP server's) event loop."""
+    """Serve on config.grpc_host (default: the HTTP server's address) and config.grpc_port, in the running
+    (HTTP server's) event loop."""
     api_key = core.config.api_key
     server = grpc.aio.server(interceptors=[BearerTokenInterceptor(api_key)] if api_key else [],
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core, server_version), server)
-    server.add_insecure_port(f"[::]:{core.config.grpc_port}")
+    handlers = method_handlers(InferenceServicer(core, server_version))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    address = listen_address(core.config.grpc_host or http_bind_host() or "127.0.0.1", core.config.grpc_port)
+    server.add_insecure_port(address)
     await server.start()
-    log.info("OIP gRPC serving on port %d", core.config.grpc_port)
+    log.info("OIP gRPC serving on %s", address)
     return server
 
 

@@ -119,8 +119,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[InferBody, bytes
     """The JSON header, parsed and typed, and the binary tensor data after it."""
     length = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} must be a byte count within the "
+        # ASCII digits only ("²".isdigit() holds and int() refuses it), and few: int() refuses 4,300 digits
+        if not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 20) \
+                or int(header_length) > len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} {header_length[:32]!r} must be a byte count within the "
                                f"{len(body)}-byte body")
         length = int(header_length)
     try:
@@ -136,7 +138,8 @@ def decode_inputs(inputs: list[InputBody], binary: bytes) -> tuple[oip.Tensor, .
         if size is None:
             if item.data is None:
                 raise InvalidInput(f"input {item.name!r} has neither `data` nor parameters.binary_data_size")
-            tensors.append(oip.tensor_from_values(item.name, item.datatype, item.shape, flatten(item.data)))
+            tensors.append(oip.tensor_from_values(item.name, item.datatype, item.shape,
+                                                  flatten(item.name, item.data, item.shape)))
             continue
         if item.data is not None or not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"input {item.name!r}: binary_data_size must be a byte count, without `data`")
@@ -150,19 +153,19 @@ def decode_inputs(inputs: list[InputBody], binary: bytes) -> tuple[oip.Tensor, .
     return tuple(tensors)
 
 
-def flatten(data: list) -> list:
-    """Row-major elements of flat or nested JSON `data` (the spec allows both)."""
-    flat: list = []
-    stack = [iter(data)]
-    while stack:
-        for element in stack[-1]:
-            if isinstance(element, list):
-                stack.append(iter(element))
-                break
-            flat.append(element)
-        else:
-            stack.pop()
-    return flat
+def flatten(name: str, data: list, shape: list[int]) -> list:
+    """Row-major elements of flat or nested JSON `data` (the spec allows both). Nested data must nest
+    exactly as `shape` says: ragged rows whose total happens to match are refused, not reflowed."""
+    if not any(isinstance(element, list) for element in data):
+        return data  # flat: its length is checked against the shape by oip.tensor_from_values
+    level = [data]  # the lists at one depth of the nesting
+    for depth, size in enumerate(shape):
+        if not all(isinstance(part, list) and len(part) == size for part in level):
+            raise InvalidInput(f"input {name!r}: nested data does not have shape {shape} (dimension {depth})")
+        level = [element for part in level for element in part]
+    if any(isinstance(element, list) for element in level):
+        raise InvalidInput(f"input {name!r}: nested data is deeper than shape {shape}")
+    return level
 
 
 def encode_response(answer: oip.InferResponse, body: InferBody) -> Response:

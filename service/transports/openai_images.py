@@ -33,7 +33,7 @@ from service.errors import AtelierError, InvalidInput
 from service.server import EncodedImage
 from service.transports import streaming
 from service.transports.bodies import GenerationSettings, Prompt, bounded, parse
-from service.transports.context import client_gone, core_of, error_status_and_headers
+from service.transports.context import client_gone, core_of, error_response
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images API"])
 
@@ -68,9 +68,9 @@ class ImageVariationForm(ImageEditForm):
 @router.post("/generations", openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": ImageGenerationBody.model_json_schema()}}}})
 async def generate_images(request: Request) -> JSONResponse:
-    async def plain_request() -> tuple[pipelines.GenerateRequest, ImageGenerationBody]:
+    async def plain_request() -> tuple[pipelines.GenerateRequest, dict[str, bytes], ImageGenerationBody]:
         body = parse(ImageGenerationBody, await request.body())
-        return to_plain(body), body
+        return to_plain(body), {}, body
 
     return await answer(request, "/v1/images/generations", plain_request)
 
@@ -80,15 +80,13 @@ async def generate_images(request: Request) -> JSONResponse:
     "properties": {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
                    **ImageEditForm.model_json_schema()["properties"]}}}}}})
 async def edit_images(request: Request) -> JSONResponse:
-    async def plain_request() -> tuple[pipelines.GenerateRequest, ImageGenerationBody]:
+    async def plain_request() -> tuple[pipelines.GenerateRequest, dict[str, bytes], ImageGenerationBody]:
         fields, files = await read_form(request, ("image", "mask"))
         body = parse(ImageEditForm, fields)
-        edit = uploads.decode_edit(files["image"], files.get("mask"))
         # a masked area is redrawn whole; an unmasked image keeps some of its layout
-        default = rules.STRENGTH.maximum if edit.mask is not None else rules.IMG2IMG_STRENGTH
+        default = rules.STRENGTH.maximum if "mask" in files else rules.IMG2IMG_STRENGTH
         strength = body.strength if body.strength is not None else default
-        return to_plain(body, init_image=edit.image, mask=edit.mask, strength=strength,
-                        upload_sha256=edit.sha256), body
+        return to_plain(body, **uploads.planned(files.get("mask")), strength=strength), files, body
 
     return await answer(request, "/v1/images/edits", plain_request)
 
@@ -98,28 +96,33 @@ async def edit_images(request: Request) -> JSONResponse:
     "properties": {"image": {"type": "string", "format": "binary"},
                    **ImageVariationForm.model_json_schema()["properties"]}}}}}})
 async def image_variations(request: Request) -> JSONResponse:
-    async def plain_request() -> tuple[pipelines.GenerateRequest, ImageGenerationBody]:
+    async def plain_request() -> tuple[pipelines.GenerateRequest, dict[str, bytes], ImageGenerationBody]:
         fields, files = await read_form(request, ("image",))
         body = parse(ImageVariationForm, fields)
-        edit = uploads.decode_edit(files["image"], None)
         strength = body.strength if body.strength is not None else rules.IMG2IMG_STRENGTH
-        return to_plain(body, init_image=edit.image, strength=strength, upload_sha256=edit.sha256), body
+        return to_plain(body, **uploads.planned(None), strength=strength), files, body
 
     return await answer(request, "/v1/images/variations", plain_request)
 
 
 async def answer(request: Request, route: str, plain_request) -> Response:
-    """Decode, validate, admit, run and encode: the path all three routes share. With `stream`, the answer is
-    OpenAI's event stream (streaming.py)."""
+    """Decode, validate, admit, run and encode: the path all three routes share. An upload is decoded once
+    admitted, off the event loop. With `stream`, the answer is OpenAI's event stream (streaming.py)."""
     core = core_of(request)
     try:
-        plain, body = await plain_request()
+        plain, files, body = await plain_request()
         rules.check_stream(body.stream, rules.PARTIAL_IMAGES, body.partial_images)
         if body.stream:
+            async def decode_upload(plain: pipelines.GenerateRequest) -> pipelines.GenerateRequest:
+                return (await uploads.decoded_into(plain, files["image"], files.get("mask")))[0]
+
             partials = body.partial_images or 0
             return streaming.EventStream(core, route, "openai", plain, OpenAIWire(route),
-                                         lambda total: streaming.spread_over_steps(total, partials))
+                                         lambda total: streaming.spread_over_steps(total, partials),
+                                         prepare=decode_upload if files else None)
         async with core.admitted(route, "openai", [plain]):
+            if files:
+                plain, _ = await uploads.decoded_into(plain, files["image"], files.get("mask"))
             generated = await core.generate(plain, lambda: client_gone(request))
     except AtelierError as error:
         return openai_error(error)
@@ -190,8 +193,4 @@ async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dic
 
 def openai_error(error: AtelierError) -> JSONResponse:
     """OpenAI's error body, with the status and Retry-After every route gets (errors.py's table)."""
-    status, headers = error_status_and_headers(error)
-    kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
-    code = "model_not_found" if status == 404 else None
-    return JSONResponse({"error": {"message": str(error), "type": kind, "param": None, "code": code}},
-                        status_code=status, headers=headers)
+    return error_response(error, router.prefix + "/")
