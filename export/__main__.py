@@ -7,6 +7,8 @@
     python -m export evaluate                               # distances, accuracy, diversity, sample grids
     python -m export evaluate --sweep                       # ... and the diffusion guidance/steps sweep
     python -m export evaluate --doc-only                    # docs/MODELS.md from docs/evaluation.json
+    python -m export upscale-report                         # docs/UPSCALE.md: models/sr vs bicubic, latency
+    python -m export upscale-report --doc-only              # docs/UPSCALE.md from models/sr's manifest
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import argparse
 import logging
 import sys
 
-TRAINABLE = ("vae", "dcgan", "diffusion", "gmm")
-PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "themes", "all")
-REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text")
+TRAINABLE = ("vae", "dcgan", "diffusion", "gmm", "sr")
+PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "themes", "sr", "all")
+REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text", "sr")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -34,6 +36,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     onnx = commands.add_parser("onnx", help="export checkpoints to models/")
     onnx.add_argument("name", choices=PUBLISHABLE)
     commands.add_parser("verify", help="check models/ against the manifests")
+    upscale = commands.add_parser("upscale-report", help="measure models/sr against bicubic, write docs/UPSCALE.md")
+    upscale.add_argument("--doc-only", action="store_true", help="rewrite docs/UPSCALE.md from models/sr's manifest")
     evaluate = commands.add_parser("evaluate", help="score the generators, write docs figures")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--sweep", action="store_true", help="also sweep diffusion guidance and steps")
@@ -64,6 +68,11 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "train":
         return train(args)
+    if args.command == "upscale-report":
+        from export import upscale_report
+
+        upscale_report.write_doc() if args.doc_only else upscale_report.write_report()
+        return 0
     if args.command == "onnx":
         from export import publish
 
@@ -96,9 +105,9 @@ def train(args: argparse.Namespace) -> int:
         training.CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
         np.savez(training.CHECKPOINT_DIR / "gmm.npz", **mixture)
         return 0
-    from export import dcgan, diffusion, vae
+    from export import dcgan, diffusion, sr, vae
 
-    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion}[args.name]
+    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "sr": sr}[args.name]
     module.train(args.steps, args.minutes, args.seed, device)
     return 0
 

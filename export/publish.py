@@ -32,6 +32,7 @@ RECIPES = {
     "diffusion": "python -m export train diffusion --seed 0 --steps {steps} --minutes {minutes:.0f}",
     "gmm": "python -m export train gmm --seed 0",
     "text": "python -m export onnx text",
+    "sr": "python -m export train sr --seed 0 --steps {steps} --minutes {minutes:.0f}",
 }
 
 
@@ -134,7 +135,7 @@ def publish_diffusion(models_dir: Path, module: diffusion.UNet | None = None, st
                  conditioning={"type": "class+text", "num_classes": diffusion.NUM_CLASSES,
                                "null_class": diffusion.NULL_CLASS, "text_dim": text.EMBEDDING_DIM,
                                "class_dropout": diffusion.CLASS_DROPOUT, "text_dropout": diffusion.TEXT_DROPOUT},
-                 defaults={"steps": 30, "guidance": 3.0, "sampler": "dpmpp_2m"},
+                 defaults={"steps": 30, "guidance": 2.0, "sampler": "dpmpp_2m"},
                  metrics={"export": {"denoise": metrics}, "parameters": training.count_parameters(module)})
     return manifest.write(target, entry)
 
@@ -223,3 +224,29 @@ def publish_all(models_dir: Path = manifest.MODELS_DIR) -> None:
     publish_themes(models_dir)
     log.info("%s", json.dumps({p.name: len(manifest.read(p)["files"]) for p in models_dir.iterdir()}))
 
+
+def publish_sr(models_dir: Path, module: torch.nn.Module | None = None, state: dict | None = None) -> dict:
+    """models/sr/: the 4x upscaler on 32 px inputs (the service's tiles and the generators' images). Its
+    held-out figures are added by `python -m export upscale-report`, which measures the exported graph."""
+    from export import perceptual, sr
+
+    state = state if module is not None else training.load_checkpoint("sr")
+    module = module if module is not None else sr.load_trained()
+    target = fresh_dir(models_dir, "sr")
+    spec = GraphSpec(module, lambda n, g: (torch.rand(n, 3, sr.TILE, sr.TILE, generator=g) * 2 - 1,),
+                     ("image",), ("upscaled",))
+    metrics = export_graph(spec, target / "upscaler.onnx")
+    entry = base_manifest("sr", "super-resolution", state)
+    entry.pop("classes")  # an image-to-image model: no classes
+    entry["image_size"] = sr.TILE * sr.SCALE
+    entry["training"].update(split="training split (held_out=False): the 128 px renders and their 4x box "
+                                   "reductions, 16 px crops",
+                             loss=f"L1 + {sr.PERCEPTUAL_WEIGHT} x perceptual distance on blocks "
+                                  f"{list(perceptual.SR_BLOCKS)} of the pretrained network",
+                             perceptual_network=perceptual.network_record())
+    entry.update(functions={"upscale": function_entry(target / "upscaler.onnx", metrics)},
+                 architecture=f"bicubic + residual CNN ({sr.BLOCKS} blocks of {sr.WIDTH} channels) with a "
+                              "sub-pixel (pixel shuffle) output, ESPCN-style",
+                 scale=sr.SCALE, input_size=sr.TILE, conditioning={"type": "image"},
+                 metrics={"export": {"upscale": metrics}, "parameters": training.count_parameters(module)})
+    return manifest.write(target, entry)

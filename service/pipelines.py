@@ -10,6 +10,7 @@ the single image of the same request with seed s + i, whatever else shared its b
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -43,6 +44,7 @@ class GenerateRequest:
     # the creative tools (service/creative.py): each image's starting vector given instead of drawn from
     # its seed (n, *draw_shape) float32; the seed still draws everything after it (ancestral sampler noise)
     noise: np.ndarray | None = field(default=None, repr=False)
+    upscale: int = 1  # 4: the images go through the super-resolution model's batcher, 32 -> 128 px
 
     def with_seed(self) -> GenerateRequest:
         """This request with its seed fixed: the client's, or a random one (the only place one is drawn)."""
@@ -50,8 +52,27 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class UpscaleRequest:
+    """An uploaded image to upscale 4x (POST /v1/upscale). Its tiles join the same upscaler batcher as
+    generated images with `upscale: 4`; the upscaler draws no noise, so it has no seed."""
+
+    image: np.ndarray | None = field(default=None, repr=False)  # (H, W, 3) uint8; None until decoded
+    upload_sha256: str | None = None
+    priority: str = rules.DEFAULT_PRIORITY
+    model: str = rules.UPSCALER
+
+
+# Tiles: the upscaler runs on 32 px squares; a larger upload is cut into tiles that overlap by TILE_MARGIN on
+# every side, and only each tile's centre is kept, so no output pixel comes from a tile's edge (the network
+# sees 10 px around a pixel, a margin of 8 all but the outermost 2: tests/test_upscale.py checks for seams).
+TILE = 32
+TILE_MARGIN = 8
+SCALE = 4
+
+
+@dataclass(frozen=True)
 class Generated:
-    images: np.ndarray  # (n, 32, 32, 3) uint8
+    images: np.ndarray  # (n, 32, 32, 3) uint8, or (n, 128, 128, 3) with upscale 4
     seeds: list[int]
     class_ids: list[int | None]
     model: str
@@ -72,9 +93,14 @@ class Step:
 OnStep = Callable[[Step], None]
 
 
-def validate(engine: Engine, request: GenerateRequest) -> None:
+def validate(engine: Engine, request: GenerateRequest | UpscaleRequest) -> None:
     """The rules every transport shares (service/rules.py), with the model's own classes; violations
     are InvalidInput (400) / ModelNotFound (404)."""
+    if isinstance(request, UpscaleRequest):
+        if request.image is not None:
+            rules.check_upscale_size(request.image.shape[1], request.image.shape[0])
+        rules.check_priority(request.priority)
+        return
     if request.model not in rules.MODELS:
         raise ModelNotFound(f"unknown model {request.model!r}; available: {', '.join(rules.MODELS)}")
     classes = engine.manifest(request.model).classes
@@ -98,13 +124,20 @@ def validate(engine: Engine, request: GenerateRequest) -> None:
         expected = (request.n, *draw_shape(engine, request.model))
         if request.noise.shape != expected or not np.isfinite(request.noise).all():
             raise InvalidInput(f"a starting vector for {request.model} has shape {expected[1:]} and finite values")
+    rules.check_upscale(request.upscale)
     rules.check_priority(request.priority)
 
 
-def planned_rows(request: GenerateRequest) -> dict[str, tuple[int, int]]:
+def planned_rows(request: GenerateRequest | UpscaleRequest) -> dict[str, tuple[int, int]]:
     """The model work a valid request will submit, per function: (rows in all, rows per submission).
     Admission prices it with each function's measured cost; a sampler submits its rows once per step.
-    (A prompt cached from an earlier request costs no embedding; the plan counts it, erring long.)"""
+    (A prompt cached from an earlier request costs no embedding; the plan counts it, erring long. An upload
+    to upscale is planned at the largest size allowed until it is decoded.)"""
+    if isinstance(request, UpscaleRequest):
+        height, width = (request.image.shape[:2] if request.image is not None
+                         else (rules.MAX_UPSCALE_SIDE, rules.MAX_UPSCALE_SIDE))
+        tiles = math.prod(tile_grid(height, width))
+        return {"sr.upscale": (tiles, tiles)}
     n = request.n
     plan: dict[str, tuple[int, int]] = {}
     if request.prompt is not None and (request.model == "diffusion" or request.class_id is None):
@@ -120,6 +153,8 @@ def planned_rows(request: GenerateRequest) -> dict[str, tuple[int, int]]:
         plan["vae.decode"] = (n, n)
     else:  # vae, gmm: one decode of n latents
         plan["vae.decode"] = (n, n)
+    if request.upscale != 1:
+        plan["sr.upscale"] = (n, n)
     return plan
 
 
@@ -194,8 +229,11 @@ async def starting_draws(engine: Engine, request: GenerateRequest,
     return samplers.noise_like(rngs, engine.manifest("vae").latent_shape), class_ids
 
 
-async def generate(engine: Engine, request: GenerateRequest, on_step: OnStep | None = None) -> Generated:
+async def generate(engine: Engine, request: GenerateRequest | UpscaleRequest,
+                   on_step: OnStep | None = None) -> Generated:
     """The request's images; a diffusion request reports each sampler step to `on_step`."""
+    if isinstance(request, UpscaleRequest):
+        return await upscale_upload(engine, request)
     request = request.with_seed()
     validate(engine, request)
     rngs = image_rngs(request.seed, request.n)
@@ -207,6 +245,10 @@ async def generate(engine: Engine, request: GenerateRequest, on_step: OnStep | N
         images = await engine.generate_gan(draws, np.array(class_ids, np.int64))
     else:  # vae, gmm: one decode of the latents
         images = await engine.decode(draws)
+    if request.upscale != 1:
+        # the cascade, from the 32 px image as a client would receive it (uint8): the 128 px image is exactly
+        # what /v1/upscale makes of that image
+        images = await engine.upscale(to_uint8(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
     return Generated(to_uint8(images), [request.seed + i for i in range(request.n)], class_ids, request.model,
                      engine.manifest(request.model).version, provenance_parameters(request))
 
@@ -239,6 +281,8 @@ def provenance_parameters(request: GenerateRequest) -> dict:
     parameters = {f.name: getattr(request, f.name) for f in fields(request)
                   if f.name not in ("model", "priority") and f.name not in uploads
                   and getattr(request, f.name) is not None}
+    if request.upscale == 1:
+        parameters.pop("upscale")  # the default: the parameters of a plain image stay as they were
     if request.model != "diffusion":
         for key in ("steps", "guidance", "sampler", "eta", "strength"):
             parameters.pop(key)
@@ -317,3 +361,43 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         return await samplers.SAMPLERS[request.sampler](denoise, x, sigmas, rngs, **kwargs)
     finally:
         engine.cohorts.leave()
+
+
+# --- super-resolution of uploads ---
+
+def tile_grid(height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of tiles for an image: one when it fits a tile, else tiles keeping 16 px centres."""
+    if height <= TILE and width <= TILE:
+        return 1, 1
+    kept = TILE - 2 * TILE_MARGIN
+    return math.ceil(height / kept), math.ceil(width / kept)
+
+
+def cut_tiles(image: np.ndarray) -> np.ndarray:
+    """(3, H, W) -> (rows x columns, 3, 32, 32), the image's edge pixels repeated past its border."""
+    _, height, width = image.shape
+    rows, columns = tile_grid(height, width)
+    margin, kept = (0, TILE) if rows == columns == 1 else (TILE_MARGIN, TILE - 2 * TILE_MARGIN)
+    padded = np.pad(image, [(0, 0), (margin, rows * kept + margin - height), (margin, columns * kept + margin - width)],
+                    mode="edge")
+    return np.stack([padded[:, r * kept:r * kept + TILE, c * kept:c * kept + TILE]
+                     for r in range(rows) for c in range(columns)])
+
+
+def join_tiles(tiles: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Upscaled tiles (T, 3, 128, 128) -> (3, 4H, 4W): each tile's centre in its place (`cut_tiles`' inverse)."""
+    rows, columns = tile_grid(height, width)
+    margin, kept = (0, TILE) if rows == columns == 1 else (TILE_MARGIN, TILE - 2 * TILE_MARGIN)
+    lo, hi = SCALE * margin, SCALE * (margin + kept)
+    grid = tiles[:, :, lo:hi, lo:hi].reshape(rows, columns, 3, hi - lo, hi - lo)  # (R, C, 3, h, w)
+    image = grid.transpose(2, 0, 3, 1, 4).reshape(3, rows * (hi - lo), columns * (hi - lo))
+    return image[:, :SCALE * height, :SCALE * width]
+
+
+async def upscale_upload(engine: Engine, request: UpscaleRequest) -> Generated:
+    """An uploaded image 4x larger: its tiles through the upscaler's batcher, joined back."""
+    height, width, _ = request.image.shape
+    upscaled = join_tiles(await engine.upscale(cut_tiles(to_unit(request.image))), height, width)
+    parameters = {"upscale": SCALE, "upload_sha256": request.upload_sha256, "composite": True}
+    return Generated(to_uint8(upscaled[None]), [0], [None], rules.UPSCALER, engine.manifest(rules.UPSCALER).version,
+                     parameters)

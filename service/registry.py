@@ -27,7 +27,7 @@ from service.manifest import Manifest, load_verified
 
 log = logging.getLogger(__name__)
 
-REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text")
+REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text", "sr")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,13 @@ PREVIEW_EVERY = Bound("preview_every", 0, STEPS.maximum, 5, "with stream: a prev
 # OpenAI's own bound (its SDK documents 0..3): partial images spread evenly over the steps
 PARTIAL_IMAGES = Bound("partial_images", 0, 3, 0, "with stream: partial images before the final one")
 
+# Super-resolution (models/sr, docs/UPSCALE.md): `upscale: 4` runs the generated 32 px images through the 4x
+# upscaler (128 px); 1 leaves them as the model drew them. POST /v1/upscale takes an uploaded image of at most
+# MAX_UPSCALE_SIDE a side, so its answer is at most 512 px a side (uploads.MAX_RETURN_SIDE).
+UPSCALER = "sr"
+UPSCALE_FACTORS = (1, 4)
+MAX_UPSCALE_SIDE = 128
+
 # The creative tools (service/creative.py): interpolation, breeding, interactive sessions.
 # Frames share batched runs; 2 are the endpoints alone, 32 make a one-second loop at 30 fps.
 FRAMES = Bound("frames", 2, 32, 8, "frames of an interpolation, both endpoints included")
@@ -91,6 +98,17 @@ def check_sampler(sampler: str) -> None:
 def check_priority(priority: str) -> None:
     if priority not in PRIORITIES:
         raise InvalidInput(f"unknown priority {priority!r}; available: {', '.join(PRIORITIES)}")
+
+
+def check_upscale(factor: int) -> None:
+    if factor not in UPSCALE_FACTORS:
+        raise InvalidInput(f"upscale must be one of {', '.join(map(str, UPSCALE_FACTORS))}, got {factor!r}")
+
+
+def check_upscale_size(width: int, height: int) -> None:
+    if max(width, height) > MAX_UPSCALE_SIDE:
+        raise InvalidInput(f"an image to upscale is at most {MAX_UPSCALE_SIDE} px a side (the answer is 4x that), "
+                           f"got {width}x{height}")
 
 
 def check_stream(stream: bool, previews: Bound, value: int | None) -> None:

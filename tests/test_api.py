@@ -157,7 +157,7 @@ def test_malformed_json_is_a_4xx(server):
 def test_models_route_reports_manifests_providers_and_batching(server):
     body = httpx.get(server.url + "/v1/models", timeout=10).json()
     names = {m["name"] for m in body["models"]}
-    assert names == {"dcgan", "vae", "gmm", "diffusion", "text"}
+    assert names == {"dcgan", "vae", "gmm", "diffusion", "text", "sr"}
     assert all("CPUExecutionProvider" in m["providers"] for m in body["models"] if m["functions"])
     assert body["batching"]["diffusion"] == "step" and body["engine"]["diffusion.denoise"]["runs"] >= 1
 
@@ -188,7 +188,7 @@ def test_bento_builds_offline_with_the_models(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     bento = next((tmp_path / "bentos" / "atelier").glob("[!l]*"))  # the tag directory, not `latest`
-    for name in ("dcgan", "vae", "gmm", "diffusion", "text"):
+    for name in ("dcgan", "vae", "gmm", "diffusion", "text", "sr"):
         manifest = bento / "src" / "models" / name / "manifest.json"
         assert manifest.is_file(), manifest
         assert (bento / "src" / "models" / name / "manifest.json").read_bytes() == (ROOT / "models" / name /

@@ -1,6 +1,7 @@
 """Atelier's own JSON API under `/v1`: generate (n images as JSON, with their genomes on request, or as a
-stream of progress events with `stream: true`), image.png (one PNG file) and models. The creative tools are
-in creative_api.py.
+stream of progress events with `stream: true`; `upscale: 4` for 128 px), image.png (one PNG file), upscale
+(an uploaded image 4x larger, by the super-resolution model) and models. The creative tools are in
+creative_api.py.
 
 The routes are module functions that reach the core through the app's state (`context.core_of`),
 not methods of the BentoML service: BentoML injects a method's `self` through a synchronous FastAPI
@@ -12,14 +13,19 @@ dependency, which costs every request a hop through the thread pool (seen in a p
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 from typing import Annotated, Literal
+
+import numpy as np
+from PIL import Image
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from service import creative, genomes, pipelines, rules
+from service import creative, genomes, pipelines, rules, uploads
 from service.errors import AtelierError, http_status, public_message
 from service.server import EncodedImage, ServingCore
 from service.transports import streaming
@@ -38,6 +44,9 @@ class GenerateBody(GenerationSettings):
     stream: Annotated[bool, Field(description="answer text/event-stream: start, progress per step, previews, "
                                               "then the result (docs/PROTOCOLS.md)")] = False
     preview_every: Annotated[int | None, bounded(rules.PREVIEW_EVERY)] = None  # None: the rule's default
+    # an int checked by rules.check_upscale (a Literal would take 4.0 for 4, where every other int field refuses it)
+    upscale: Annotated[int, Field(description="4: each image through the 4x super-resolution model (128 px)",
+                                  json_schema_extra={"enum": list(rules.UPSCALE_FACTORS)})] = 1
 
 
 class GeneratedImage(BaseModel):
@@ -69,7 +78,7 @@ async def generate(body: GenerateBody, request: Request) -> GenerateResponse | s
     """Generate n images from a model, by class, prompt (theme) or neither, with a seed."""
     core = core_of(request)
     rules.check_stream(body.stream, rules.PREVIEW_EVERY, body.preview_every)
-    plain = body.to_request(core.class_id(body.model, body.class_), body.prompt)
+    plain = body.to_request(core.class_id(body.model, body.class_), body.prompt, upscale=body.upscale)
     if body.stream:
         every = rules.PREVIEW_EVERY.default if body.preview_every is None else body.preview_every
         return streaming.EventStream(core, "/v1/generate", "json", plain, JsonWire(core, body),
@@ -132,6 +141,43 @@ async def image_png(request: Request, model: str = rules.DEFAULT_MODEL,
     async with core.admitted("/v1/image.png", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
     return Response((await core.encode(generated))[0].data, media_type="image/png")
+
+
+class UpscaleBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: Annotated[str, Field(min_length=1, max_length=uploads.MAX_UPLOAD_BASE64_CHARS,
+                                description=f"a PNG, JPEG or WebP file as base64, at most {rules.MAX_UPSCALE_SIDE} "
+                                            "px a side (a data: URL prefix is allowed)")]
+    output: Literal["png", "raw"] = "png"
+    priority: PriorityName = rules.DEFAULT_PRIORITY
+
+
+@router.post("/upscale", response_model=GenerateResponse)
+async def upscale(body: UpscaleBody, request: Request) -> GenerateResponse:
+    """An uploaded image 4x larger (at most 512 px a side), by the super-resolution model; transparent
+    pixels become the white the model was trained on."""
+    core = core_of(request)
+    payload = uploads.from_base64(body.image, "image")
+    plain = pipelines.UpscaleRequest(priority=body.priority)
+    async with core.admitted("/v1/upscale", "json", [plain]):
+        pixels, sha256 = await asyncio.to_thread(upload_pixels, payload)
+        plain = pipelines.UpscaleRequest(pixels, sha256, body.priority)
+        generated = await core.generate(plain, lambda: client_gone(request))
+    encoded = await core.encode(generated, body.output)
+    return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
+                            images=[GeneratedImage.of(image) for image in encoded])
+
+
+def upload_pixels(payload: bytes) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 on white and the file's sha256, after every upload check (uploads.decode_edit: format,
+    bytes, declared pixels, corruption) and the upscaler's own size limit."""
+    edit = uploads.decode_edit(payload, None)
+    rules.check_upscale_size(*edit.size)
+    with Image.open(io.BytesIO(payload)) as image:  # already checked, and at most 128 px a side
+        rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, uploads.WHITE + (255,))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), edit.sha256
 
 
 @router.get("/models")
