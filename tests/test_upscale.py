@@ -167,3 +167,21 @@ def test_upscale_refuses_a_huge_body_and_stays_healthy(server):
     assert response.status_code == 413, response.text
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
     assert upscale(server, png_of(gradient(16, 16))).status_code == 200
+
+
+def test_openai_size_128_is_the_same_cascade_as_upscale_4(server):
+    settings = {"model": "dcgan", "prompt": "a red heart", "seed": 3}
+    response = httpx.post(server.url + "/v1/images/generations", json={**settings, "size": "128x128"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["size"] == "128x128"
+    openai = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
+    native = httpx.post(server.url + "/v1/generate", json={**settings, "upscale": 4}, timeout=60).json()
+    assert openai.shape == (128, 128, 3)
+    np.testing.assert_array_equal(openai, pixels_of(native["images"][0]))
+
+
+def test_openai_refuses_sizes_it_cannot_make(server):
+    response = httpx.post(server.url + "/v1/images/generations",
+                          json={"model": "dcgan", "prompt": "a red heart", "size": "64x64"}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert "size" in response.json()["error"]["message"]

@@ -38,12 +38,13 @@ from service.transports.context import client_gone, core_of, error_response
 router = APIRouter(prefix="/v1/images", tags=["OpenAI Images API"])
 
 SIZE = "32x32"  # every model draws 32x32; OpenAI's "auto" means the same
+UPSCALED_SIZE = "128x128"  # the models' images through the 4x super-resolution model (upscale: 4 in /v1/generate)
 MAX_FORM_FIELDS = 32
 
 
 class ImageGenerationBody(GenerationSettings):
     prompt: Prompt
-    size: Literal["32x32", "auto"] = SIZE
+    size: Literal["32x32", "128x128", "auto"] = SIZE
     response_format: Literal["b64_json"] = "b64_json"  # no "url": Atelier hosts no files
     output_format: Literal["png"] = "png"
     user: str | None = None  # OpenAI's end-user id; accepted and not used
@@ -127,7 +128,8 @@ async def answer(request: Request, route: str, plain_request) -> Response:
     except AtelierError as error:
         return openai_error(error)
     data = [{"b64_json": base64.b64encode(image.data).decode()} for image in await core.encode(generated)]
-    return JSONResponse({"created": int(time.time()), "data": data, "output_format": "png", "size": SIZE})
+    return JSONResponse({"created": int(time.time()), "data": data, "output_format": "png",
+                         "size": size_of(plain)})
 
 
 class OpenAIWire:
@@ -156,14 +158,18 @@ class OpenAIWire:
         kind = f"{self.kind}.{name}"
         return streaming.sse(kind, {"type": kind, "b64_json": base64.b64encode(image.data).decode(),
                                     "background": "opaque", "created_at": int(time.time()), "output_format": "png",
-                                    "quality": "auto", "size": SIZE, **fields})
+                                    "quality": "auto", "size": f"{image.shape[1]}x{image.shape[0]}", **fields})
 
     def refusal(self, error: AtelierError) -> JSONResponse:
         return openai_error(error)
 
 
 def to_plain(body: ImageGenerationBody, **edit) -> pipelines.GenerateRequest:
-    return body.to_request(body.class_, body.prompt, **edit)
+    return body.to_request(body.class_, body.prompt, upscale=4 if body.size == UPSCALED_SIZE else 1, **edit)
+
+
+def size_of(plain: pipelines.GenerateRequest) -> str:
+    return UPSCALED_SIZE if plain.upscale != 1 else SIZE
 
 
 async def read_form(request: Request, file_fields: tuple[str, ...]) -> tuple[dict[str, str], dict[str, bytes]]:
