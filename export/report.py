@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from export import data, dcgan, diffusion, from_onnx, gmm, judge, manifest, text, training, vae
+from service import rules
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ COMMAND = "python -m export evaluate"
 SEED = 0
 SAMPLES = 1000  # per generator; sets fed from the held-out split (369 images) use all of it
 CPU_THREADS = 2  # MEASURED.md: more torch threads than cores halves the speed of every job
-DIFFUSION_STEPS, GUIDANCE, TEXT_GUIDANCE = 30, 3.0, 3.0  # the diffusion manifest's serving defaults
+DIFFUSION_STEPS = 30
+GUIDANCE = rules.GUIDANCE.default  # the service's default, chosen by the sweep below
 SWEEP_POINTS = ((30, 1.0), (30, 1.5), (30, 2.0), (30, 3.0), (30, 4.5), (15, 2.0), (15, 3.0))  # (steps, guidance)
 SWEEP_PROMPTS = 24  # held-out captions sampled GRID_COLUMNS times each for the within-prompt diversity
 CAPTION_TEMPLATE = 1  # text.CAPTION_TEMPLATES[1] = "an emoji of {}", phrased the way prompts are
@@ -239,11 +241,8 @@ def evaluate_dcgan(scorer: Judge, generator: dcgan.Generator, class_ids: np.ndar
 
 def diffusion_images(unet: diffusion.UNet, decoder: vae.ScaledDecoder, class_ids: np.ndarray,
                      captions: np.ndarray, device: torch.device, steps: int = DIFFUSION_STEPS,
-                     guidance: float | None = None) -> np.ndarray:
-    """DDIM with classifier-free guidance (the serving default for the condition when `guidance`
-    is None), decoded by the VAE."""
-    if guidance is None:
-        guidance = GUIDANCE if np.all(class_ids != diffusion.NULL_CLASS) else TEXT_GUIDANCE
+                     guidance: float = GUIDANCE) -> np.ndarray:
+    """DDIM with classifier-free guidance (the serving default unless given), decoded by the VAE."""
     latents = diffusion.sample(unet, torch.from_numpy(class_ids).to(device), torch.from_numpy(captions).to(device),
                                torch.Generator().manual_seed(SEED), steps=steps, guidance=guidance)
     return decode(decoder, latents)
@@ -284,7 +283,7 @@ def prompt_samples(scorer: Judge, unet: diffusion.UNet, decoder: vae.ScaledDecod
     within = {prompt: round(judge.diversity(features[prompt_ids == i], prompt_ids[prompt_ids == i]), 3)
               for i, prompt in enumerate(PROMPTS)}
     return {"judged_classes": judged, "diversity_within_prompt": within,
-            "guidance": TEXT_GUIDANCE}, list(images.reshape(len(PROMPTS), GRID_COLUMNS, 32, 32, 3))
+            "guidance": GUIDANCE}, list(images.reshape(len(PROMPTS), GRID_COLUMNS, 32, 32, 3))
 
 
 def guidance_sweep(scorer: Judge, unet: diffusion.UNet, decoder: vae.ScaledDecoder,
@@ -389,7 +388,7 @@ def evaluate_all(device: str, sweep: bool = False) -> dict:
                                "so the reference, VAE reconstructions and text-only samples use all of it",
               "baselines": {str(n): b for n, b in scorer.baselines.items()}, "floor_checks": checks,
               "models": results, "prompt_samples": {"prompts": list(PROMPTS), **prompts},
-              "defaults": {"steps": DIFFUSION_STEPS, "guidance_class": GUIDANCE, "guidance_text": TEXT_GUIDANCE}}
+              "defaults": {"steps": DIFFUSION_STEPS, "guidance": GUIDANCE}}
     if sweep:
         report["guidance_sweep"] = guidance_sweep(scorer, unet, decoder, dataset)
         plot_sweep(report["guidance_sweep"], SAMPLES_DIR / "guidance_sweep.png")
@@ -460,7 +459,7 @@ def excess_ratio(report: dict, model: str) -> float:
 def default_sweep_row(report: dict) -> dict | None:
     defaults = report["defaults"]
     return next((row for row in report.get("guidance_sweep", []) if row["steps"] == defaults["steps"]
-                 and row["guidance"] == defaults["guidance_text"]), None)
+                 and row["guidance"] == defaults["guidance"]), None)
 
 
 def targets(report: dict) -> list[tuple[str, str, str, bool]]:
@@ -591,8 +590,7 @@ def model_lines(name: str, entry: dict, report: dict, grids: tuple[str, ...], sc
         lines.append(f"| held-out PSNR (served encode -> decode) | {result['held_out_psnr_db']} dB |")
     if name == "diffusion":
         text_only, defaults = report["models"]["diffusion_text"], report["defaults"]
-        lines.append(f"| serving defaults | {defaults['steps']} steps, guidance {defaults['guidance_class']:g} with a "
-                     f"class, {defaults['guidance_text']:g} with text only |")
+        lines.append(f"| serving defaults | {defaults['steps']} steps, guidance {defaults['guidance']:g} |")
         lines.append(f"| text only, held-out captions as \"{text_only['caption_template']}\": distance / excess "
                      f"({text_only['samples']}), accuracy plain / balanced | {text_only['fd']:.1f} / "
                      f"{text_only['fd_excess']:.1f}, {text_only['class_accuracy']:.1%} / "

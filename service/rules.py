@@ -47,7 +47,7 @@ N = Bound("n", 1, 16, 1, "images in the request")
 # seed + i is image i's seed and must stay a valid int64 for every image of the largest request
 SEED = Bound("seed", 0, 2**63 - 1 - N.maximum, None, "image i uses seed + i; random when absent")
 STEPS = Bound("steps", 1, 250, 30, "sampler steps (diffusion)")
-GUIDANCE = Bound("guidance", 0.0, 20.0, 3.0, "classifier-free guidance scale (diffusion)")
+GUIDANCE = Bound("guidance", 0.0, 20.0, 2.0, "classifier-free guidance scale (diffusion)")
 ETA = Bound("eta", 0.0, 1.0, 0.0, "DDIM stochasticity (diffusion)")
 STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "fraction of the schedule redrawn from an input image (SDEdit)")
 # OpenAI edits without a mask, and variations: redraw most details (with Karras sigmas a crude sketch's layout
