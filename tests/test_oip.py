@@ -30,6 +30,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from harness.serving import ROOT, AtelierServer, metric_value
+from service import manifest
 
 FEW_STEPS = {"steps": 4}  # diffusion at 4 steps keeps each request well under a second on 2 cores
 
@@ -83,11 +84,16 @@ def oip_images(client, model: str, seeds, class_ids=None, prompts=None, binary=T
 def test_server_is_live_ready_and_describes_itself_over_both_transports(http_client, grpc_client):
     assert http_client.is_server_live() and http_client.is_server_ready()
     assert grpc_client.is_server_live() and grpc_client.is_server_ready()
-    assert http_client.is_model_ready("diffusion") and grpc_client.is_model_ready("dcgan", "1.0.0")
+    assert http_client.is_model_ready("diffusion") and grpc_client.is_model_ready("dcgan", served_version("dcgan"))
     http_metadata = http_client.get_server_metadata()
     grpc_metadata = grpc_client.get_server_metadata(as_json=True)
     assert http_metadata["name"] == grpc_metadata["name"] == "atelier"
     assert "binary_tensor_data" in http_metadata["extensions"]
+
+
+def served_version(model: str) -> str:
+    """The committed manifest's version: models are republished with new versions (dcgan 2.0.0)."""
+    return manifest.read(ROOT / "models" / model).version
 
 
 @pytest.mark.parametrize("model", ["dcgan", "diffusion"])
@@ -95,7 +101,7 @@ def test_model_metadata_lists_typed_tensors_over_both_transports(http_client, gr
     over_http = http_client.get_model_metadata(model)
     over_grpc = grpc_client.get_model_metadata(model, as_json=True)
     for metadata in (over_http, over_grpc):
-        assert metadata["name"] == model and metadata["versions"] == ["1.0.0"]
+        assert metadata["name"] == model and metadata["versions"] == [served_version(model)]
         inputs = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["inputs"]}
         assert inputs == {"seed": ("INT64", [-1]), "class_id": ("INT64", [-1]), "prompt": ("BYTES", [-1])}
         image = metadata["outputs"][0]
