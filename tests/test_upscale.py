@@ -185,3 +185,11 @@ def test_openai_refuses_sizes_it_cannot_make(server):
                           json={"model": "dcgan", "prompt": "a red heart", "size": "64x64"}, timeout=30)
     assert response.status_code == 400, response.text
     assert "size" in response.json()["error"]["message"]
+
+
+def test_image_png_takes_upscale_as_a_query_parameter(server):
+    response = httpx.get(server.url + "/v1/image.png", params={"model": "dcgan", "seed": 2, "upscale": 4}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == (128, 128)
+    refused = httpx.get(server.url + "/v1/image.png", params={"model": "dcgan", "upscale": 3}, timeout=30)
+    assert refused.status_code == 400 and "upscale" in refused.json()["error"]

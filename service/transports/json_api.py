@@ -133,11 +133,14 @@ async def image_png(request: Request, model: str = rules.DEFAULT_MODEL,
                     steps: Annotated[int, bounded(rules.STEPS, Query)] = rules.STEPS.default,
                     guidance: Annotated[float, bounded(rules.GUIDANCE, Query)] = rules.GUIDANCE.default,
                     sampler: SamplerName = rules.DEFAULT_SAMPLER,
-                    priority: PriorityName = rules.DEFAULT_PRIORITY) -> Response:
+                    priority: PriorityName = rules.DEFAULT_PRIORITY,
+                    upscale: Annotated[int, Query(description="4: 128 px, through the super-resolution model")] = 1,
+                    ) -> Response:
     """One image as a PNG file (for curl and <img> tags)."""
     core = core_of(request)
     plain = pipelines.GenerateRequest(model=model, seed=seed, class_id=core.class_id(model, class_), prompt=prompt,
-                                      steps=steps, guidance=guidance, sampler=sampler, priority=priority)
+                                      steps=steps, guidance=guidance, sampler=sampler, priority=priority,
+                                      upscale=upscale)
     async with core.admitted("/v1/image.png", "json", [plain]):
         generated = await core.generate(plain, lambda: client_gone(request))
     return Response((await core.encode(generated))[0].data, media_type="image/png")
