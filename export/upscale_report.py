@@ -44,10 +44,10 @@ edges are crisp where bicubic's are soft (the smiley's outline, the safety pin, 
 flag's stripes), with no ringing or checkerboard. It sharpens what the 32 px image holds and does not
 invent what it lost: the vampire's fangs stay a grey smudge, the crane has fewer struts than the truth,
 the flag's star emblem is a blob, and skin edges are sometimes slightly wavy. On generated images it gives
-clean outlines and flat, smooth fills: the diffusion heart and pizza look like cleaner drawings than
-bicubic's blur, while what the base model got wrong stays wrong, only crisper ('a cat' drew a yellow,
-dog-like animal, 'rocket' a red blob); the GAN's own blotchy samples come out as crisp-edged blotches, a
-slightly posterised, cel-shaded look rather than new detail."""
+clean outlines and flat, smooth fills: the diffusion heart, cat face and pizza look like cleaner drawings
+than bicubic's blur (the cat's eyes and mouth sharp dark shapes), while what the base model got wrong stays
+wrong, only crisper ('rocket' drew a red blob); the GAN's own blotchy samples come out as crisp-edged
+blotches, a slightly posterised, cel-shaded look rather than new detail."""
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
