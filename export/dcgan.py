@@ -8,8 +8,9 @@ decoder draws clear emoji from latents on the data's manifold. So the adversaria
 played in latent space, where a step costs milliseconds:
 
 - generator: z (128) -> 4x4x128 -> three 8x8 residual blocks of 64 channels with class-conditional
-  batch norm (de Vries et al. 2017) -> a 4x8x8 latent (widths picked by measured step cost: 0.72 s
-  per step at 256/192 channels, 0.11 s at 128/96 with batch 64);
+  batch norm (de Vries et al. 2017) -> a 4x8x8 latent (widths picked by measured step cost on this
+  CPU: 0.72 s per step at 256/192 channels and batch 128, 0.20 s at 128/96; the recipe, 128/96 at
+  batch 64, 0.11 s);
 - discriminator: spectrally normalised convolutions over the latent with a class projection
   (Miyato & Koyama 2018), hinge loss;
 - data: posterior samples (mean + std * noise) of every training image and its mirror image,
