@@ -205,6 +205,13 @@ BAD_REQUESTS = [
     ("/v1/sessions/feedback", lambda g: {"session": "s1.abc.def", "scores": [1e9, 0, 0, 0]}, "score"),
     ("/v1/sessions/feedback", lambda g: {"session": g[0], "scores": [1, 2]}, "expected a session token"),
     ("/v1/sessions/feedback", lambda g: {"session": "s1.abc.def", "scores": [1, 2]}, "signature does not match"),
+    # strict types, as on /v1/generate: no string, boolean or float coerced into a count or a number
+    ("/v1/sessions", lambda g: {"model": "dcgan", "population": "8"}, "population"),
+    ("/v1/sessions", lambda g: {"model": "dcgan", "population": 8.0}, "population"),
+    ("/v1/breed", lambda g: {"parents": g[:2], "children": True}, "children"),
+    ("/v1/breed", lambda g: {"parents": g[:2], "mutation": "0.2"}, "mutation"),
+    ("/v1/interpolate", lambda g: {"model": "dcgan", "seeds": ["1", 2]}, "seeds"),
+    ("/v1/interpolate", lambda g: {"model": "dcgan", "class": True, "seeds": [1, 2]}, "class"),
 ]
 
 

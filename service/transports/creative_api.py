@@ -42,7 +42,8 @@ COMPOSITE_SOURCE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWith
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # strict as the JSON API's settings: "8", true or 8.0 are not a population of 8 (issue 17)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     priority: PriorityName = rules.DEFAULT_PRIORITY
     output: Literal["png"] = "png"
