@@ -128,23 +128,12 @@ def translate(latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return padded[:, :, 1 + dy:1 + dy + latents.shape[2], 1 + dx:1 + dx + latents.shape[3]]
 
 
-@torch.no_grad()
-def encode_training_set(encoder: vae.ScaledEncoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every training image and its mirror image: (2N, 4, 8, 8) each."""
-    means, stds = [], []
-    for chunk in torch.cat([images, images.flip(3)]).split(256):
-        mean, logvar = encoder(chunk)
-        means.append(mean), stds.append(torch.exp(0.5 * logvar))
-    return torch.cat(means), torch.cat(stds)
-
-
 def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64) -> dict:
-    from export import from_onnx  # the committed VAE, as served: its latents are what the decoder knows
+    from export import diffusion, from_onnx  # the committed VAE, as served: its latents are what the decoder knows
 
     generator = training.seed_everything(seed)
     images, labels = training.training_images(data.load(), device)
-    encoder = vae.ScaledEncoder(from_onnx.load_vae()).to(device).eval()
-    means, stds = encode_training_set(encoder, images)
+    means, stds = diffusion.encode_dataset(from_onnx.load_vae().to(device), images)
     labels = torch.cat([labels, labels])
     gen, disc = LatentGenerator().to(device), Discriminator().to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.0, 0.9))

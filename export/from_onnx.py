@@ -88,11 +88,10 @@ def load_generator(models_dir: Path = MODELS_DIR) -> dcgan.Generator:
     """dcgan.Generator: (z (N, 128), class_id (N,)) -> images (N, 3, 32, 32). The graph embeds the
     VAE decoder; its latent_scale is a folded constant there, so the decoder half comes from the
     committed VAE and the parity check proves the two agree."""
-    latent_generator = dcgan.LatentGenerator()
-    state = rebuilt_state(graph_path("generate", models_dir), dcgan.Generator(latent_generator, vae.ScaledDecoder(
-        vae.VAE())), root="latent_generator.")
-    latent_generator.load_state_dict({key.removeprefix("latent_generator."): value for key, value in state.items()})
-    return dcgan.Generator(latent_generator, vae.ScaledDecoder(load_vae(models_dir))).eval()
+    module = dcgan.Generator(dcgan.LatentGenerator(), vae.ScaledDecoder(load_vae(models_dir)))
+    module.load_state_dict(rebuilt_state(graph_path("generate", models_dir), module, root="latent_generator."),
+                           strict=False)  # the decoder half is already the committed VAE's
+    return module.eval()
 
 
 def load_denoiser(models_dir: Path = MODELS_DIR) -> diffusion.EpsDenoiser:

@@ -28,7 +28,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from export import data, training, vae
-from service import registry
+from service import pipelines, registry
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,10 @@ SETTINGS = Settings(samples_per_component=20, max_components_per_class=64, rank=
 
 def training_latents(device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means of every training image and its mirror image, as (2N, 256), with labels."""
-    from export import dcgan, from_onnx
+    from export import diffusion, from_onnx
 
     images, labels = training.training_images(data.load(), device)
-    encoder = vae.ScaledEncoder(from_onnx.load_vae()).to(device).eval()
-    means, _ = dcgan.encode_training_set(encoder, images)
+    means, _ = diffusion.encode_dataset(from_onnx.load_vae().to(device), images)
     return means.reshape(len(means), -1).cpu().numpy().astype(np.float64), torch.cat([labels, labels]).cpu().numpy()
 
 
@@ -121,7 +120,8 @@ def compare(which: list[int] | None = None, seed: int = 0, samples: int = 1000) 
     rows = []
     for settings in [CANDIDATES[i] for i in which] if which else CANDIDATES:
         mixture = fit(seed, device, settings, latents)
-        images = report.decode(decoder, torch.from_numpy(sample(mixture, class_ids, report.image_rngs(samples))))
+        latents = sample(mixture, class_ids, pipelines.image_rngs(report.SEED, samples))
+        images = report.decode(decoder, torch.from_numpy(latents))
         result = scorer.score(images, class_ids)
         rows.append({"settings": asdict(settings), "components": int(len(mixture["weights"])),
                      "file_bytes_uncompressed": int(sum(np.asarray(v).nbytes for v in mixture.values())),

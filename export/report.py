@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from export import data, dcgan, diffusion, from_onnx, gmm, judge, manifest, text, training, vae
-from service import rules
+from service import pipelines, rules
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,6 @@ def base_emoji_halves(captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(in_first), np.flatnonzero(~in_first)
 
 
-def image_rngs(count: int) -> list[np.random.Generator]:
-    """Image i draws from PCG64(SEED + i), as the service does per seed: no image depends on another."""
-    return [np.random.Generator(np.random.PCG64(SEED + i)) for i in range(count)]
-
-
 def training_like_class_ids(dataset: data.EmojiDataset, count: int) -> np.ndarray:
     """Class ids in the training split's proportions (59 % People & Body), like the reference."""
     rng = np.random.Generator(np.random.PCG64(SEED))
@@ -196,9 +191,8 @@ def decode(decoder: vae.ScaledDecoder, latents: torch.Tensor) -> np.ndarray:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, exactly as the service converts."""
-    array = images.detach().float().cpu().numpy()
-    return np.clip(np.round((array + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, by the service's own conversion."""
+    return pipelines.to_uint8(images.detach().float().cpu().numpy())
 
 
 def first_per_class(images: np.ndarray, class_ids: np.ndarray) -> list[np.ndarray]:
@@ -226,14 +220,15 @@ def evaluate_vae(scorer: Judge, encoder: vae.ScaledEncoder, decoder: vae.ScaledD
 def evaluate_gmm(scorer: Judge, decoder: vae.ScaledDecoder, class_ids: np.ndarray) -> tuple[dict, list]:
     with np.load(manifest.MODELS_DIR / "gmm" / "gmm.npz") as arrays:
         mixture = dict(arrays)
-    latents = gmm.sample(mixture, class_ids, image_rngs(len(class_ids)))  # (N, 4, 8, 8)
+    latents = gmm.sample(mixture, class_ids, pipelines.image_rngs(SEED, len(class_ids)))  # (N, 4, 8, 8)
     images = decode(decoder, torch.from_numpy(latents).to(scorer.device))
     return scorer.score(images, class_ids), first_per_class(images, class_ids)
 
 
 @torch.no_grad()
 def evaluate_dcgan(scorer: Judge, generator: dcgan.Generator, class_ids: np.ndarray) -> tuple[dict, list]:
-    z = np.stack([rng.standard_normal(dcgan.Z_DIM, dtype=np.float32) for rng in image_rngs(len(class_ids))])
+    rngs = pipelines.image_rngs(SEED, len(class_ids))  # image i from PCG64(SEED + i), as the service draws
+    z = np.stack([rng.standard_normal(dcgan.Z_DIM, dtype=np.float32) for rng in rngs])
     z, classes = torch.from_numpy(z).to(scorer.device), torch.from_numpy(class_ids).to(scorer.device)
     images = to_uint8(torch.cat([generator(zs, cs) for zs, cs in zip(z.split(256), classes.split(256))]))
     return scorer.score(images, class_ids), first_per_class(images, class_ids)
