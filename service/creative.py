@@ -4,7 +4,8 @@ interactive sessions that learn from feedback (the cross-entropy method over sta
 Every tool works in the space of each image's starting vector (`pipelines.starting_draws`): dcgan's
 z and the vae's and diffusion's initial noise are N(0, I), so they interpolate spherically and mutate
 by mixing in fresh N(0, I) noise; a gmm latent is a VAE latent drawn from its class's mixture, so it
-interpolates linearly and mutates around its class's mean. Each tool only *plans*: it returns
+interpolates linearly and mutates around its class's mean. Between two diffusion conditions an
+interpolation also blends the condition (`condition_blend`). Each tool only *plans*: it returns
 `pipelines.GenerateRequest`s (one image each, with its vector as `noise`) that the core admits and runs
 concurrently, so the images of one tool request share the Engine's batched runs with all other traffic.
 
@@ -38,6 +39,8 @@ def genome_of(request: pipelines.GenerateRequest, version: str) -> Genome:
     """The genome of a one-image request whose seed is fixed."""
     if request.init_image is not None:
         raise InvalidInput("an image made from an upload has no genome: the upload is not part of one")
+    if request.blend is not None:
+        raise InvalidInput("an interpolation frame between two conditions has no genome: a genome holds one")
     settings = {key: getattr(request, key) for key in DIFFUSION_SETTINGS}
     return Genome(model=request.model, version=version, seed=request.seed, class_id=request.class_id,
                   prompt=request.prompt, noise=None if request.noise is None else request.noise[0], **settings)
@@ -117,19 +120,36 @@ async def interpolation_frames(engine: Engine, start: pipelines.GenerateRequest,
                                frames: int) -> list[pipelines.GenerateRequest]:
     """`frames` one-image requests from `start` to `end`: the endpoints are their own requests unchanged
     (so frame 0 and the last are their images exactly), the frames between them start from vectors
-    interpolated at even steps (spherically for N(0, I) vectors, linearly for gmm latents). A condition
-    (class, prompt, diffusion settings) is not blended: each frame takes its nearer endpoint's."""
+    interpolated at even steps (spherically for N(0, I) vectors, linearly for gmm latents). Between two
+    diffusion conditions the frames blend them too (`condition_blend`). Otherwise a condition (dcgan's and
+    gmm's class, diffusion's sampler settings) is not blended: each frame takes its nearer endpoint's."""
     rules.FRAMES.check(frames)
     if start.model != end.model:
         raise InvalidInput(f"both endpoints must come from one model, got {start.model} and {end.model}")
     (a, class_a), (b, class_b) = await vector_of(engine, start), await vector_of(engine, end)
+    blended = start.model == "diffusion" and (start.class_id, start.prompt or None) != (end.class_id, end.prompt or None)
+    texts = [(await pipelines.prompt_embedding(engine, e.prompt))[0] for e in (start, end)] if blended else None
     middle = []
     for k in range(1, frames - 1):
         t = k / (frames - 1)
         vector = slerp(a, b, t) if start.model in GAUSSIAN_MODELS else ((1 - t) * a + t * b).astype(np.float32)
         nearer, class_id = (start, class_a) if t < 0.5 else (end, class_b)
-        middle.append(replace(nearer, n=1, class_id=class_id, noise=vector[None]))
+        frame = replace(nearer, n=1, class_id=class_id, noise=vector[None])
+        if blended:
+            frame = replace(frame, class_id=None, prompt=None, blend=condition_blend(start, end, texts, t))
+        middle.append(frame)
     return [start, *middle, end]
+
+
+def condition_blend(start: pipelines.GenerateRequest, end: pipelines.GenerateRequest, texts: list[np.ndarray],
+                    t: float) -> pipelines.ConditionBlend:
+    """The condition at `t` between two diffusion endpoints': their prompt embeddings interpolated
+    spherically when both are prompts (MiniLM's embeddings are unit vectors: the blend stays one), linearly
+    toward the zero vector a missing prompt is; their classes' outputs mixed in the proportion t."""
+    both_prompts = bool(start.prompt) and bool(end.prompt)
+    text = slerp(texts[0], texts[1], t) if both_prompts else ((1 - t) * texts[0] + t * texts[1]).astype(np.float32)
+    return pipelines.ConditionBlend(text_embedding=text, class_ids=(start.class_id, end.class_id),
+                                    prompts=(start.prompt or None, end.prompt or None), weight=t)
 
 
 async def run_interpolation(frames: list[pipelines.GenerateRequest],

@@ -25,6 +25,19 @@ KARRAS_SAMPLERS = ("euler", "dpmpp_2m")  # few-step samplers gain most from Karr
 
 
 @dataclass(frozen=True)
+class ConditionBlend:
+    """A diffusion condition part way between two endpoints' (the frames of an interpolation, creative.py). The
+    prompt enters the denoiser as a vector, so it is given as one, blended; a class enters as an index into the
+    denoiser's own embedding table, which no input can blend, so the two classes' conditional outputs are mixed
+    instead: eps_c = (1 - weight) eps(x, class_ids[0]) + weight eps(x, class_ids[1]), two rows a step."""
+
+    text_embedding: np.ndarray = field(repr=False)  # (text_dim,) float32: the blended prompts' embeddings
+    class_ids: tuple[int | None, int | None]  # the endpoints' classes (None: the null class)
+    prompts: tuple[str | None, str | None]  # the endpoints' prompts, for provenance
+    weight: float  # 0: the first endpoint's condition, 1: the second's
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     model: str = rules.DEFAULT_MODEL
     n: int = rules.N.default
@@ -45,6 +58,8 @@ class GenerateRequest:
     # its seed (n, *draw_shape) float32; the seed still draws everything after it (ancestral sampler noise)
     noise: np.ndarray | None = field(default=None, repr=False)
     upscale: int = 1  # 4: the images go through the super-resolution model's batcher, 32 -> 128 px
+    # an interpolation frame between two diffusion conditions (creative.py): used instead of class_id and prompt
+    blend: ConditionBlend | None = None
 
     def with_seed(self) -> GenerateRequest:
         """This request with its seed fixed: the client's, or a random one (the only place one is drawn)."""
@@ -120,12 +135,33 @@ def validate(engine: Engine, request: GenerateRequest | UpscaleRequest) -> None:
         raise InvalidInput(f"only the diffusion model edits images; {request.model!r} only generates")
     if request.mask is not None and request.init_image is None:
         raise InvalidInput("a mask needs the image it masks")
+    if request.blend is not None:
+        check_blend(engine, request)
     if request.noise is not None:
         expected = (request.n, *draw_shape(engine, request.model))
         if request.noise.shape != expected or not np.isfinite(request.noise).all():
             raise InvalidInput(f"a starting vector for {request.model} has shape {expected[1:]} and finite values")
     rules.check_upscale(request.upscale)
     rules.check_priority(request.priority)
+
+
+def check_blend(engine: Engine, request: GenerateRequest) -> None:
+    blend, manifest = request.blend, engine.manifest(request.model)
+    if request.model != "diffusion" or request.init_image is not None:
+        raise InvalidInput("only diffusion generations blend two conditions")
+    if request.class_id is not None or request.prompt is not None:
+        raise InvalidInput("a blended condition replaces the request's class and prompt")
+    if any(c is not None and not 0 <= c < len(manifest.classes) for c in blend.class_ids):
+        raise InvalidInput(f"a blend's classes must be 0..{len(manifest.classes) - 1}, got {blend.class_ids}")
+    if blend.text_embedding.shape != (manifest.text_dim,) or not np.isfinite(blend.text_embedding).all():
+        raise InvalidInput(f"a blend's text embedding has shape ({manifest.text_dim},) and finite values")
+    if not 0.0 <= blend.weight <= 1.0:
+        raise InvalidInput(f"a blend's weight must be 0..1, got {blend.weight}")
+
+
+def blended_classes(request: GenerateRequest) -> int:
+    """The conditional rows a diffusion image runs per step: two when it mixes two classes' outputs."""
+    return 2 if request.blend is not None and request.blend.class_ids[0] != request.blend.class_ids[1] else 1
 
 
 def planned_rows(request: GenerateRequest | UpscaleRequest) -> dict[str, tuple[int, int]]:
@@ -146,7 +182,8 @@ def planned_rows(request: GenerateRequest | UpscaleRequest) -> dict[str, tuple[i
         plan["dcgan.generate"] = (n, n)
     elif request.model == "diffusion":
         steps = sampler_steps(request)
-        rows_per_step = n * (2 if request.guidance != 1.0 else 1)  # guidance adds the unconditional row
+        # guidance adds the unconditional row (one per class of a blend)
+        rows_per_step = n * (2 if request.guidance != 1.0 else 1) * blended_classes(request)
         plan["diffusion.denoise"] = (steps * rows_per_step, rows_per_step)
         if request.init_image is not None:
             plan["vae.encode"] = (1, 1)
@@ -279,7 +316,7 @@ def provenance_parameters(request: GenerateRequest) -> dict:
     a client's image). The priority only decided when it ran, so it is left out."""
     uploads = {"init_image": request.init_image, "mask": request.mask, "noise": request.noise}
     parameters = {f.name: getattr(request, f.name) for f in fields(request)
-                  if f.name not in ("model", "priority") and f.name not in uploads
+                  if f.name not in ("model", "priority", "blend") and f.name not in uploads
                   and getattr(request, f.name) is not None}
     if request.upscale == 1:
         parameters.pop("upscale")  # the default: the parameters of a plain image stay as they were
@@ -293,6 +330,9 @@ def provenance_parameters(request: GenerateRequest) -> dict:
     for name, upload in uploads.items():
         if upload is not None:
             parameters[f"{name}_sha256"] = hashlib.sha256(upload.tobytes()).hexdigest()
+    if request.blend is not None:
+        parameters["blend"] = {"class_ids": list(request.blend.class_ids), "prompts": list(request.blend.prompts),
+                               "weight": request.blend.weight}
     return parameters
 
 
@@ -320,10 +360,9 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
     else:
         sigmas = samplers.uniform_t_sigmas(schedule, request.steps)
     n = request.n
-    class_id = np.full(n, manifest.null_class if request.class_id is None else request.class_id)
-    text = (np.repeat(await engine.embed_text([prompt_text(request.prompt)]), n, axis=0) if request.prompt
-            else np.zeros((n, manifest.text_dim), np.float32))
-    guidance = np.full(n, request.guidance, np.float32)
+    class_id, text, class_weights = await denoiser_condition(engine, request)  # (rows,), (rows, text_dim)
+    mixes = len(class_weights)  # each image runs once per class (rows = mixes x n)
+    guidance = np.full(n * mixes, request.guidance, np.float32)
     shape = manifest.latent_shape
     known, repaint = None, None
     if request.init_image is not None:
@@ -338,8 +377,11 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         nonlocal steps_done
         # variance-exploding x (samplers' space) -> the model's variance-preserving x_t and t
         x_t = x / np.sqrt(1.0 + sigma**2)
-        t = np.full(n, samplers.t_of_sigma(sigma), np.float32)
-        eps = await engine.denoise(x_t.astype(np.float32), t, class_id, text, guidance)
+        t = np.full(n * mixes, samplers.t_of_sigma(sigma), np.float32)
+        x_t = x_t.astype(np.float32)
+        eps = await engine.denoise(x_t if mixes == 1 else np.concatenate([x_t] * mixes), t, class_id, text, guidance)
+        if mixes > 1:  # a blend of two classes: their (guided) outputs mixed, (1 - w) eps_a + w eps_b
+            eps = sum(weight * part for weight, part in zip(class_weights, np.split(eps, mixes)))
         denoised = x - sigma * eps  # D(x; sigma) = x - sigma * eps (Karras et al. 2022, Table 1)
         if repaint is not None:
             # inpainting with a model never trained for it: outside the mask the clean latent is known,
@@ -361,6 +403,27 @@ async def sample_diffusion(engine: Engine, request: GenerateRequest, rngs: list[
         return await samplers.SAMPLERS[request.sampler](denoise, x, sigmas, rngs, **kwargs)
     finally:
         engine.cohorts.leave()
+
+
+async def prompt_embedding(engine: Engine, prompt: str | None) -> np.ndarray:
+    """(1, text_dim): the prompt's embedding, or zeros for none (the dropped text the denoiser learnt)."""
+    if prompt:
+        return await engine.embed_text([prompt_text(prompt)])
+    return np.zeros((1, engine.manifest("diffusion").text_dim), np.float32)
+
+
+async def denoiser_condition(engine: Engine, request: GenerateRequest
+                             ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """The denoiser's class_id (rows,) and text_embedding (rows, text_dim) inputs for a request's n images, and
+    the weight of each block of n rows in the conditional output: (1.0,), or a blend's two classes' weights."""
+    null_class, n, blend = engine.manifest("diffusion").null_class, request.n, request.blend
+    if blend is None:
+        class_id = np.full(n, null_class if request.class_id is None else request.class_id)
+        return class_id, np.repeat(await prompt_embedding(engine, request.prompt), n, axis=0), (1.0,)
+    classes = [null_class if c is None else c for c in blend.class_ids][:blended_classes(request)]
+    weights = (1.0,) if len(classes) == 1 else (1.0 - blend.weight, blend.weight)
+    text = np.repeat(blend.text_embedding[None].astype(np.float32), n * len(classes), axis=0)
+    return np.repeat(np.array(classes), n), text, weights
 
 
 # --- super-resolution of uploads ---

@@ -99,6 +99,28 @@ def test_interpolation_between_genomes_as_a_gif(server, genomes):
     assert (animation.format, animation.n_frames) == ("GIF", 4)
 
 
+@pytest.mark.parametrize("conditions", [{"classes": ["Animals & Nature", 3]},
+                                        {"prompts": ["a red heart", "a green tree"]}], ids=["classes", "prompts"])
+def test_diffusion_interpolation_between_two_conditions_ends_on_their_own_images(server, conditions):
+    """Frame 0 and K-1 are each seed's /v1/generate image with its own class or prompt, byte for byte; the
+    frames between blend the two conditions: images of their own, with the blend in their provenance and
+    no genome (a genome holds one condition)."""
+    body = {"model": "diffusion", "seeds": [3, 9], "frames": 5, "steps": 8, **conditions}
+    response = post(server, "/v1/interpolate", body)
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    key, single = ("classes", "class") if "classes" in conditions else ("prompts", "prompt")
+    ends = [post(server, "/v1/generate", {"model": "diffusion", "steps": 8, "seed": seed, single: condition,
+                                          "genome": True}).json()["images"][0]
+            for seed, condition in zip((3, 9), conditions[key])]
+    assert [images[0]["png_base64"], images[-1]["png_base64"]] == [end["png_base64"] for end in ends]
+    assert images[0]["genome"] == ends[0]["genome"] and images[-1]["genome"] == ends[1]["genome"]
+    frames = [pixels(image["png_base64"]).astype(int) for image in images]
+    for k, image in enumerate(images[1:-1], 1):
+        assert np.abs(frames[k] - frames[0]).mean() > 1 and np.abs(frames[k] - frames[-1]).mean() > 1
+        assert image["genome"] is None and png_parameters(image)["blend"]["weight"] == pytest.approx(k / 4)
+
+
 def b64(payload: bytes) -> str:
     return base64.b64encode(payload).decode()
 
@@ -196,6 +218,14 @@ BAD_REQUESTS = [
     ("/v1/interpolate", lambda g: {"model": "dcgan", "seeds": [1, 2], "animation": "apng"}, "animation"),
     ("/v1/interpolate", lambda g: {"model": "dcgan", "class": 99, "seeds": [1, 2]}, "class must be"),
     ("/v1/interpolate", lambda g: {"genomes": [g[0], "g1.x.y"]}, "signature does not match"),
+    ("/v1/interpolate", lambda g: {"model": "diffusion", "seeds": [1, 2], "class": 2, "classes": [2, 3]},
+     "class \\(both seeds\\) or classes"),
+    ("/v1/interpolate", lambda g: {"model": "diffusion", "seeds": [1, 2], "prompt": "a", "prompts": ["a", "b"]},
+     "prompt \\(both seeds\\) or prompts"),
+    ("/v1/interpolate", lambda g: {"model": "diffusion", "seeds": [1, 2], "classes": [2]}, "classes"),
+    ("/v1/interpolate", lambda g: {"model": "diffusion", "seeds": [1, 2], "classes": [2, 99]}, "class must be"),
+    ("/v1/interpolate", lambda g: {"model": "diffusion", "seeds": [1, 2], "prompts": ["a", "x" * 2000]}, "prompts"),
+    ("/v1/interpolate", lambda g: {"genomes": g[:2], "classes": [1, 2]}, "they go with seeds"),
     ("/v1/regenerate", lambda g: {"genome": "s1.abc.def"}, "expected a genome token, got a session token"),
     ("/v1/regenerate", lambda g: {"genome": "x" * 9000}, "genome"),
     ("/v1/sessions", lambda g: {"model": "dcgan", "population": 2}, "population"),

@@ -2,8 +2,8 @@
 between two seeds, genomes or uploaded images, and interactive sessions that learn from scores. Each
 route decodes its body and tokens, plans one-image requests with `creative`, runs them inside the core's
 admission (`core.admitted`, so they are priced and batched like any request) and answers PNGs with
-provenance, each with its genome (none for an image made from an upload). An interpolation's animation
-and sprite sheet carry the same provenance as its PNG frames.
+provenance, each with its genome (none for an image made from an upload, or for a diffusion frame between
+two conditions). An interpolation's animation and sprite sheet carry the same provenance as its PNG frames.
 
     curl -s localhost:3000/v1/interpolate -H 'content-type: application/json' \
          -d '{"model": "dcgan", "class": "Animals & Nature", "seeds": [3, 9], "frames": 8}'
@@ -85,10 +85,26 @@ class InterpolateBody(ConditionedBody):
     images: Annotated[list[UploadedImage] | None,
                       Field(min_length=2, max_length=2, description="two uploaded images, interpolated in the VAE's "
                                                                     "latent space (model vae, the default with images)")] = None
+    classes: Annotated[list[int | str | None] | None,
+                       Field(min_length=2, max_length=2, description="with seeds: a class for each seed, in place of "
+                                                                     "`class` (diffusion blends the two in between)")] = None
+    prompts: Annotated[list[Prompt | None] | None,
+                       Field(min_length=2, max_length=2, description="with seeds: a prompt for each seed, in place "
+                                                                     "of `prompt` (diffusion blends the two in between)")] = None
     frames: Annotated[int, bounded(rules.FRAMES)] = rules.FRAMES.default
     frame_ms: Annotated[int, bounded(rules.FRAME_MS)] = rules.FRAME_MS.default
     animation: Literal["webp", "gif"] = "webp"
     sheet: Annotated[bool, Field(description="also return the frames side by side as one PNG")] = False
+
+    def seed_requests(self, core: ServingCore) -> list[pipelines.GenerateRequest]:
+        """The two seeds' requests, each with its own class and prompt when `classes`/`prompts` give them."""
+        for single, pair, given in (("class", "classes", self.class_), ("prompt", "prompts", self.prompt)):
+            if given is not None and getattr(self, pair) is not None:
+                raise InvalidInput(f"give {single} (both seeds) or {pair} (one per seed), not both")
+        classes = self.classes or [self.class_] * 2
+        prompts = self.prompts or [self.prompt] * 2
+        return [replace(self.to_request(core, seed), class_id=core.class_id(self.model, class_), prompt=prompt)
+                for seed, class_, prompt in zip(self.seeds, classes, prompts)]
 
 
 class SessionBody(ConditionedBody):
@@ -133,11 +149,12 @@ async def run(core: ServingCore, route: str,
 
 async def images_of(core: ServingCore, requests: Sequence[pipelines.GenerateRequest],
                     results: Sequence[pipelines.Generated], with_genomes: bool = True) -> list[GeneratedImage]:
-    """Each result as a PNG with provenance and, unless it was made from an upload, its genome."""
+    """Each result as a PNG with provenance and, unless it was made from an upload or blends two conditions
+    (an interpolation frame between two classes or prompts), its genome."""
     answered = []
     for request, generated in zip(requests, results):
         image = GeneratedImage.of((await core.encode(generated))[0])
-        if with_genomes:
+        if with_genomes and request.blend is None:
             genome = genomes.seal_genome(core.signer, creative.genomes_of(request, generated)[0])
             image = image.model_copy(update={"genome": genome})
         answered.append(image)
@@ -180,11 +197,13 @@ async def interpolate(body: InterpolateBody, request: Request) -> InterpolateRes
     if sum(given is not None for given in (body.seeds, body.genomes, body.images)) != 1:
         raise InvalidInput("give one of seeds (two seeds, with model and condition), genomes (two genome tokens) "
                            "or images (two uploaded images)")
+    if body.seeds is None and (body.classes is not None or body.prompts is not None):
+        raise InvalidInput("classes and prompts give each of two seeds its condition: they go with seeds")
     if body.images is not None:
         frames, results = await interpolate_uploads(core, body)
     else:
         if body.seeds is not None:
-            endpoints = [body.to_request(core, seed) for seed in body.seeds]
+            endpoints = body.seed_requests(core)
             for endpoint in endpoints:
                 core.check(endpoint)
         else:
