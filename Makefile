@@ -18,11 +18,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Debian packages the offline data comes from (only the export world and its tests need them).
+# Debian packages the offline data comes from (only the export world and its tests need them), and the
+# browser the playground's tests drive.
 system-deps:
 	@if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || [ ! -f /usr/share/unicode/emoji/emoji-test.txt ]; then \
 		echo "installing Debian fonts-noto-color-emoji unicode-data"; \
 		$$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q fonts-noto-color-emoji unicode-data; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian chromium (the playground's browser tests: tests/test_playground.py)"; \
+		$$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q chromium \
+			|| echo "chromium not installed: tests/test_playground.py's browser tests will skip"; \
 	fi
 
 serve: setup

@@ -9,6 +9,10 @@ by a CA the verifier trusts. `scripts/make_test_chain.py` makes a local test roo
 an organisation uses its own (README, "Content Credentials"). The key and chain are read from the files
 named by ATELIER_C2PA_KEY_FILE and ATELIER_C2PA_CHAIN_FILE (a Kubernetes Secret in production).
 
+`verify` reads a file's Content Credentials back, as a verifier offline would (POST /v1/credentials/verify,
+used by the playground): the c2pa reader's validation state, with trust anchored to the issuers of the
+server's own signing chain when it has one.
+
     .venv/bin/python -m pytest tests/test_credentials.py -q
 """
 
@@ -24,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from service.config import Config
-from service.errors import AtelierError
+from service.errors import AtelierError, InvalidInput
 
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 TRAINED = IPTC_SOURCE_TYPES + "trainedAlgorithmicMedia"
@@ -36,6 +40,10 @@ UPLOAD_INGREDIENT = "upload"
 # No thumbnail (a 32x32 image is its own thumbnail; one would double the manifest) and no read-back after
 # signing (it would need the verifier's trust anchors, which a signer need not have).
 SIGNING_SETTINGS = {"builder": {"thumbnail": {"enabled": False}}, "verify": {"verify_after_sign": False}}
+# A verifier here never goes to the network: no remote manifests, no OCSP
+READING_SETTINGS = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+# The formats a file to verify may have, by their first bytes (WebP: RIFF, a length, then WEBP)
+MEDIA_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 
 
 class CredentialsError(AtelierError):
@@ -117,6 +125,13 @@ class ContentCredentials:
             self._local.signer = c2pa.Signer.from_info(info)
         return self._local.context, self._local.signer
 
+    @property
+    def trust_anchors_pem(self) -> str:
+        """The chain's certificates above the leaf (its issuers, the root if the chain has it), as PEM: what a
+        verifier of this server's images trusts. Empty for a chain of the leaf alone."""
+        chain = x509.load_pem_x509_certificates(self.chain_pem)
+        return "".join(cert.public_bytes(serialization.Encoding.PEM).decode() for cert in chain[1:])
+
     def describe(self) -> dict:
         """For /v1/models: who signs, until when (never the key)."""
         return {"enabled": True, "algorithm": "ES256", "signer": self.leaf.subject.rfc4514_string(),
@@ -157,3 +172,60 @@ def load(config: Config, generator: dict[str, str]) -> ContentCredentials | None
     if not config.c2pa_enabled:
         return None
     return ContentCredentials.from_files(config.c2pa_key_file, config.c2pa_chain_file, generator)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a verifier finds in a file: c2pa's validation state (`Trusted`: valid and signed by a certificate
+    the trust anchors issue; `Valid`: intact and well signed, by a signer nobody here trusts; `Invalid`: changed
+    after signing, or badly signed), or `absent` when the file has no manifest."""
+
+    state: str
+    failures: list[dict]  # c2pa's failure codes and explanations (empty when valid)
+    signer: str | None = None  # the signing certificate's common name
+    issuer: str | None = None  # its organisation, as the manifest's signature info gives it
+    source_type: str | None = None  # the IPTC digital source type of the c2pa.created action
+    generation: dict | None = None  # Atelier's own assertion: model, version, seed, parameters
+
+
+def media_type(data: bytes) -> str:
+    for magic, kind in MEDIA_TYPES:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise InvalidInput("the file to verify is not a PNG, JPEG or WebP file")
+
+
+def verify(data: bytes, trust_anchors_pem: str = "") -> Verdict:
+    """The Content Credentials of a PNG, JPEG or WebP file, read and validated by c2pa-python offline, trusting
+    only `trust_anchors_pem` (none: a valid manifest is at best `Valid`). CPU work: call it off the event loop."""
+    import c2pa
+
+    trust = {"trust": {"trust_anchors": trust_anchors_pem}} if trust_anchors_pem else {}
+    settings = {**READING_SETTINGS, **trust}
+    try:
+        with c2pa.Context.from_dict(settings) as context, c2pa.Reader(media_type(data), io.BytesIO(data),
+                                                                      context=context) as reader:
+            state, results, manifest = (reader.get_validation_state(), reader.get_validation_results(),
+                                        reader.get_active_manifest())
+    except c2pa.C2paError.ManifestNotFound:
+        return Verdict("absent", [])
+    except c2pa.C2paError as error:  # a manifest that cannot be read or checked (a changed signature, a broken file)
+        code = type(error).__name__.removeprefix("_C2pa")
+        return Verdict("Invalid", [{"code": code, "explanation": str(error)}])
+    failures = [{"code": item.get("code"), "explanation": item.get("explanation")}
+                for item in (results or {}).get("activeManifest", {}).get("failure", [])]
+    signature = manifest.get("signature_info") or {}
+    return Verdict(str(state), failures, signature.get("common_name"), signature.get("issuer"),
+                   created_source_type(manifest), assertion_data(manifest, GENERATION_ASSERTION))
+
+
+def assertion_data(manifest: dict, label: str) -> dict | None:
+    return next((item.get("data") for item in manifest.get("assertions", []) if item.get("label") == label), None)
+
+
+def created_source_type(manifest: dict) -> str | None:
+    actions = (assertion_data(manifest, "c2pa.actions.v2") or {}).get("actions", [])
+    return next((action.get("digitalSourceType") for action in actions if action.get("action") == "c2pa.created"),
+                None)

@@ -405,13 +405,14 @@ def keyed():
         yield running
 
 
-def test_bentomls_own_pages_need_the_key_too_and_only_probes_and_metrics_are_open(keyed):
-    for path in ("/", "/docs.json", "/schema.json", "/openapi.json", "/docs", "/no/such/page"):
+def test_bentomls_own_pages_need_the_key_too_and_only_probes_metrics_and_the_playground_are_open(keyed):
+    for path in ("/docs.json", "/schema.json", "/openapi.json", "/docs", "/no/such/page"):
         refused = httpx.get(keyed.url + path, timeout=30)
         assert refused.status_code == 401 and refused.json() == {"error": "missing or wrong API key"}, path
         assert "x-request-id" in refused.headers
     assert httpx.get(keyed.url + "/docs.json", headers={"authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200
-    for path in ("/livez", "/healthz", "/readyz", "/metrics"):
+    # the playground's page and files (a browser cannot send a key to load a page; the page sends it to the API)
+    for path in ("/livez", "/healthz", "/readyz", "/metrics", "/", "/playground.css", "/playground.js"):
         assert httpx.get(keyed.url + path, timeout=30).status_code == 200, path
 
 

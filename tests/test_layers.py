@@ -26,6 +26,7 @@ LAYERS = {
     "transports.context": 7, "transports.bodies": 7, "transports.oip": 7, "transports.streaming": 7.5,
     "transports.json_api": 8, "transports.oip_http": 8, "transports.oip_grpc": 8, "transports.openai_images": 8,
     "transports.creative_api": 8.5, "transports.assist_api": 8.5,
+    "transports.credentials_api": 8, "transports.playground": 8,
     "transports.http_app": 9,
     "api": 10,
 }

@@ -38,6 +38,10 @@ log = logging.getLogger("atelier")
 access_log = logging.getLogger("atelier.access")
 
 OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+# the playground's static files (transports/playground.py): a browser cannot send a key to load a page; the
+# page asks for the key and sends it with each API call
+PLAYGROUND_PATHS = ("/", "/playground.css", "/playground.js")
+KEYLESS_PATHS = OPEN_PATHS + PLAYGROUND_PATHS
 OPENAI_PATHS = "/v1/images/"  # the OpenAI Images routes answer errors in OpenAI's shape
 
 
@@ -106,8 +110,8 @@ def reshaped_error(path: str, status: int, body: bytes) -> bytes:
 
 class RequestContext:
     """Every response carries an x-request-id (the client's, if short and printable) and leaves one JSON
-    access line with it; with ATELIER_API_KEY set, every route but health and metrics needs
-    `Authorization: Bearer <key>` (compared in constant time). Error answers leave in their route's
+    access line with it; with ATELIER_API_KEY set, every route but health, metrics and the playground's
+    files needs `Authorization: Bearer <key>` (compared in constant time). Error answers leave in their route's
     protocol shape; an exception no handler took becomes a 500 here, logged once, and goes no further (a
     server that saw it would log it again and close the client's keep-alive connection)."""
 
@@ -157,7 +161,7 @@ class RequestContext:
         key = core.config.api_key if core is not None else None
         offered = headers.get("authorization", "").removeprefix("Bearer ").strip()
         try:
-            if key and path not in OPEN_PATHS and not hmac.compare_digest(offered.encode(), key.encode()):
+            if key and path not in KEYLESS_PATHS and not hmac.compare_digest(offered.encode(), key.encode()):
                 await error_response(Unauthenticated("missing or wrong API key"), path)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)

@@ -21,7 +21,8 @@ from fastapi.responses import PlainTextResponse
 from starlette.routing import Match, compile_path
 
 from service import uploads
-from service.transports import assist_api, bodies, creative_api, json_api, oip_http, openai_images
+from service.transports import (assist_api, bodies, creative_api, credentials_api, json_api, oip_http,
+                                openai_images, playground)
 from service.transports.context import RequestContext, install_error_handlers
 
 VERSION = "1.0.0"
@@ -29,6 +30,8 @@ VERSION = "1.0.0"
 OPENAI_MAX_BODY_BYTES = 2 * uploads.MAX_UPLOAD_BYTES + (1 << 16)
 # /v1/img2img and /v1/inpaint: the same two files as base64 text in JSON
 ASSIST_MAX_BODY_BYTES = 2 * uploads.MAX_UPLOAD_BASE64_CHARS + (1 << 16)
+# /v1/credentials/verify: one file as base64 text in JSON
+VERIFY_MAX_BODY_BYTES = uploads.MAX_UPLOAD_BASE64_CHARS + (1 << 16)
 
 
 def create_app() -> FastAPI:
@@ -45,6 +48,9 @@ def create_app() -> FastAPI:
     app.include_router(assist_api.router, max_body_size=ASSIST_MAX_BODY_BYTES, dependencies=strict)
     app.include_router(oip_http.router, max_body_size=oip_http.MAX_BODY_BYTES, dependencies=strict)
     app.include_router(openai_images.router, max_body_size=OPENAI_MAX_BODY_BYTES, dependencies=strict)
+    app.include_router(credentials_api.router, max_body_size=VERIFY_MAX_BODY_BYTES, dependencies=strict)
+    # the page at / (BentoML's own index is a route after this app's mount: this one answers first)
+    app.include_router(playground.router)
     install_error_handlers(app)
     app.add_middleware(RequestContext)
     return app
