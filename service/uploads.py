@@ -4,10 +4,11 @@ An upload is refused with InvalidInput (400) before Pillow decodes a pixel when 
 when its bytes exceed MAX_UPLOAD_BYTES, when its header declares more than MAX_UPLOAD_PIXELS
 (a decompression bomb: a few kB of PNG can declare 10⁹ pixels), or when it is a JPEG of more than
 MAX_JPEG_SCANS scans (a progressive JPEG decodes every pixel once per scan: a few kB of repeated
-scans cost seconds). Accepted images are composited on the training set's white canvas, reduced to
-at most PREPARED_SIDE a side, padded to a square and resized to the models' 32×32, as the emoji were
-when the models learnt them: the work is bounded by the upload's pixels whatever its aspect (a
-16384×1024 strip is not padded to 16384² first).
+scans cost seconds). A JPEG larger than the models need is decoded at libjpeg's reduced scale (1/2, 1/4
+or 1/8, in the DCT), never below PREPARED_SIDE a side. Accepted images are composited on the training
+set's white canvas, reduced to at most PREPARED_SIDE a side, padded to a square and resized to the
+models' 32×32, as the emoji were when the models learnt them: the work is bounded by the upload's pixels
+whatever its aspect (a 16384×1024 strip is not padded to 16384² first).
 
 Decoding is CPU work of up to a few hundred ms, so transports run it with `decode_edit_off_loop`: in
 one thread beside the event loop (Pillow releases the GIL while it decodes and resizes), after
@@ -44,6 +45,7 @@ IMAGE_SIZE = 32
 WHITE = (255, 255, 255)  # export/data.py's canvas
 # base64 needs 4 characters per 3 bytes; a data URL's short prefix fits in the slack
 MAX_UPLOAD_BASE64_CHARS = 4 * (MAX_UPLOAD_BYTES // 3 + 1) + 64
+BASE64_PIECE_CHARS = 1 << 18  # decoded a piece at a time (a multiple of 4: pieces end on whole groups), ~1 ms each
 # a result is a 32x32 drawing: returned at the upload's size up to this side, past which an upscale adds
 # only blur and bytes (16 images of 512x512 are a few MB of PNG)
 MAX_RETURN_SIDE = 512
@@ -82,6 +84,11 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
 def _open(payload: bytes, what: str) -> Image.Image:
+    return _loaded(_checked(payload, what), what)
+
+
+def _checked(payload: bytes, what: str) -> Image.Image:
+    """The upload opened (its header read, no pixel decoded) after every check that can refuse it."""
     if not payload:
         raise InvalidInput(f"{what} is empty")
     if len(payload) > MAX_UPLOAD_BYTES:
@@ -103,6 +110,21 @@ def _open(payload: bytes, what: str) -> Image.Image:
         raise InvalidInput(f"{what} declares {width}x{height} pixels; the limit is {MAX_UPLOAD_PIXELS} pixels")
     if image.format == "JPEG" and (scans := payload.count(b"\xff\xda")) > MAX_JPEG_SCANS:
         raise InvalidInput(f"{what} is a JPEG of {scans} scans; the limit is {MAX_JPEG_SCANS}")
+    return image
+
+
+def _drafted(image: Image.Image, side: int) -> Image.Image:
+    """A JPEG whose longer side exceeds `side` set to decode at libjpeg's reduced scale (1/2, 1/4 or 1/8, done
+    in the DCT: less work per pixel, a smaller image out), never below `side` on its longer side. Other
+    formats decode at full size (`_reduced` then box-reduces them)."""
+    width, height = image.size
+    if image.format == "JPEG" and max(width, height) > side:
+        longer = max(width, height)
+        image.draft(None, (max(1, width * side // longer), max(1, height * side // longer)))
+    return image
+
+
+def _loaded(image: Image.Image, what: str) -> Image.Image:
     try:
         image.load()
     except MemoryError:
@@ -114,15 +136,17 @@ def _open(payload: bytes, what: str) -> Image.Image:
 
 def decode_image(payload: bytes, what: str = "image") -> np.ndarray:
     """Upload bytes -> (32, 32, 3) uint8 RGB on white, the way the training emoji look."""
-    return _model_input(_open(payload, what))
+    return _model_input(_loaded(_drafted(_checked(payload, what), PREPARED_SIDE), what))
 
 
 def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> Edit:
     """An image and its optional mask, each decoded once: the image as `decode_image` gives it, the
     mask as (32, 32) bool, True where the image is to be repainted."""
-    image = _open(image_payload, "image")
-    mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), image.size)
-    return Edit(_model_input(image), mask, image.size, hashlib.sha256(image_payload).hexdigest())
+    image = _checked(image_payload, "image")
+    size = image.size  # the upload's own: a JPEG may decode smaller (`_drafted`)
+    image = _loaded(_drafted(image, PREPARED_SIDE), "image")
+    mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), size)
+    return Edit(_model_input(image), mask, size, hashlib.sha256(image_payload).hexdigest())
 
 
 def planned(mask_payload: bytes | None) -> dict[str, np.ndarray | None]:
@@ -159,7 +183,10 @@ def from_base64(text: str, what: str = "image") -> bytes:
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        return base64.b64decode(text, validate=True)
+        # in pieces: one call on 5.6 MB would hold the GIL for ~20 ms, and so stall the event loop even from
+        # the decoding thread; between pieces the loop gets its turn
+        return b"".join(base64.b64decode(text[start:start + BASE64_PIECE_CHARS], validate=True)
+                        for start in range(0, len(text), BASE64_PIECE_CHARS))
     except (binascii.Error, ValueError):
         raise InvalidInput(f"{what} is not valid base64") from None
 

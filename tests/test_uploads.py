@@ -93,3 +93,64 @@ def test_png_jpeg_and_webp_are_accepted(kind):
 def test_truncated_image_is_refused():
     with pytest.raises(InvalidInput, match="truncated or corrupt|not a PNG"):
         uploads.decode_image(png(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
+
+
+# --- a JPEG larger than the models need decodes at a reduced scale (issue 17) --------------------------
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def drawing(size: tuple[int, int]) -> Image.Image:
+    """A smooth gradient with a few filled shapes: a photo's and a sketch's features, at any size."""
+    from PIL import ImageDraw
+
+    width, height = size
+    x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
+    image = Image.fromarray((np.dstack([x, y, 1 - x]) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 8, height // 8, width // 2, height // 2), fill=(220, 30, 40))
+    draw.rectangle((width // 2, height // 2, 7 * width // 8, 7 * height // 8), fill=(30, 60, 210))
+    return image
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
+def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(options, monkeypatch):
+    payload = jpeg(drawing((4096, 3072)), **options)
+    full = uploads._model_input(uploads._open(payload, "image"))  # every pixel decoded, then reduced
+    decoded_sizes = []
+    real_model_input = uploads._model_input
+    monkeypatch.setattr(uploads, "_model_input", lambda image: decoded_sizes.append(image.size) or real_model_input(image))
+    edit = uploads.decode_edit(payload, None)
+    assert edit.size == (4096, 3072)  # the upload's own size, for the answer's aspect and the mask's check
+    assert decoded_sizes == [(512, 384)]  # libjpeg's 1/8 scale: never below PREPARED_SIDE on the longer side
+    difference = np.abs(edit.image.astype(int) - full.astype(int))
+    assert difference.mean() < 0.5 and difference.max() <= 2, (difference.mean(), difference.max())  # measured: 0.10, 1
+
+
+def test_a_small_jpeg_and_other_formats_decode_at_full_size(monkeypatch):
+    decoded_sizes = []
+    real_model_input = uploads._model_input
+    monkeypatch.setattr(uploads, "_model_input", lambda image: decoded_sizes.append(image.size) or real_model_input(image))
+    uploads.decode_edit(jpeg(drawing((300, 200))), None)
+    uploads.decode_edit(png(drawing((1024, 1024))), None)
+    assert decoded_sizes == [(300, 200), (1024, 1024)]
+
+
+def test_a_mask_is_checked_against_the_size_of_a_jpeg_decoded_smaller():
+    mask = Image.new("RGBA", (1024, 768), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 512, 768))  # the left half repainted
+    edit = uploads.decode_edit(jpeg(drawing((1024, 768))), png(mask))
+    # the square padding (rows 0-3 and 28-31) is kept, like the image's
+    assert edit.size == (1024, 768) and edit.mask[5:27, :14].all() and not edit.mask[:, 18:].any()
+    with pytest.raises(InvalidInput, match="mask is 1024x768 but the image is 1000x768"):
+        uploads.decode_edit(jpeg(drawing((1000, 768))), png(mask))
+
+
+def test_the_scan_bound_holds_for_a_jpeg_decoded_smaller():
+    from tests.test_hardening import progressive_jpeg
+
+    with pytest.raises(InvalidInput, match=f"JPEG of {uploads.MAX_JPEG_SCANS + 1} scans"):
+        uploads.decode_edit(progressive_jpeg(2048, uploads.MAX_JPEG_SCANS + 1), None)
