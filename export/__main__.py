@@ -17,9 +17,9 @@ import argparse
 import logging
 import sys
 
-TRAINABLE = ("vae", "dcgan", "diffusion", "gmm", "sr")
-PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "themes", "sr", "all")
-REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text", "sr")
+TRAINABLE = ("vae", "dcgan", "diffusion", "gmm", "sr", "style")
+PUBLISHABLE = ("vae", "dcgan", "diffusion", "gmm", "text", "themes", "sr", "style", "all")
+REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text", "sr", "style")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -38,6 +38,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("verify", help="check models/ against the manifests")
     upscale = commands.add_parser("upscale-report", help="measure models/sr against bicubic, write docs/UPSCALE.md")
     upscale.add_argument("--doc-only", action="store_true", help="rewrite docs/UPSCALE.md from models/sr's manifest")
+    style_report = commands.add_parser("style-report", help="measure models/style, write docs/STYLE.md")
+    style_report.add_argument("--doc-only", action="store_true", help="rewrite docs/STYLE.md from docs/style.json")
     evaluate = commands.add_parser("evaluate", help="score the generators, write docs figures")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--sweep", action="store_true", help="also sweep diffusion guidance and steps")
@@ -73,6 +75,11 @@ def main(argv: list[str]) -> int:
 
         upscale_report.write_doc() if args.doc_only else upscale_report.write_report()
         return 0
+    if args.command == "style-report":
+        from export import style_report
+
+        style_report.write_doc() if args.doc_only else style_report.write_report()
+        return 0
     if args.command == "onnx":
         from export import publish
 
@@ -105,9 +112,9 @@ def train(args: argparse.Namespace) -> int:
         training.CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
         np.savez(training.CHECKPOINT_DIR / "gmm.npz", **mixture)
         return 0
-    from export import dcgan, diffusion, sr, vae
+    from export import dcgan, diffusion, sr, style, vae
 
-    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "sr": sr}[args.name]
+    module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "sr": sr, "style": style}[args.name]
     module.train(args.steps, args.minutes, args.seed, device)
     return 0
 

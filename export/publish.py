@@ -18,7 +18,8 @@ import onnx
 import torch
 
 from export import data, dcgan, diffusion, gmm, manifest, text, training, vae
-from export.onnx import GraphSpec, export_graph, io_description
+from export.onnx import GraphSpec, export_graph, io_description, max_abs_diff, store_weights_in_half
+from service import rules
 from service.fp16 import half_precision, half_precision_bytes
 from service.manifest import sha256_file
 
@@ -33,6 +34,7 @@ RECIPES = {
     "gmm": "python -m export train gmm --seed 0",
     "text": "python -m export onnx text",
     "sr": "python -m export train sr --seed 0 --steps {steps} --minutes {minutes:.0f}",
+    "style": "python -m export train style --seed 0 --steps {steps} --minutes {minutes:.0f}",
 }
 
 
@@ -249,4 +251,48 @@ def publish_sr(models_dir: Path, module: torch.nn.Module | None = None, state: d
                               "sub-pixel (pixel shuffle) output, ESPCN-style",
                  scale=sr.SCALE, input_size=sr.TILE, conditioning={"type": "image"},
                  metrics={"export": {"upscale": metrics}, "parameters": training.count_parameters(module)})
+    return manifest.write(target, entry)
+
+
+def publish_style(models_dir: Path) -> dict:
+    """models/style/: the pretrained encoder and the decoder trained here, as two tile graphs (weights stored
+    in fp16: the models' 80 MB budget), and the built-in styles' feature statistics."""
+    from export import perceptual, style
+    from service import style as serving
+
+    state = training.load_checkpoint("style")
+    decoder = style.load_trained()
+    target = fresh_dir(models_dir, "style")
+    tile, cells = serving.ENCODE.tile, serving.DECODE.tile
+    encoder_spec = GraphSpec(style.Encoder(), lambda n, g: (torch.rand(n, 3, tile, tile, generator=g) * 2 - 1,),
+                             ("image",), ("features",))
+    decoder_spec = GraphSpec(decoder, lambda n, g: (torch.randn(n, style.FEATURES, cells, cells, generator=g) * 3,),
+                             ("features",), ("image",))
+    metrics = {}
+    for function, spec, file in (("encode", encoder_spec, "encoder.onnx"), ("decode", decoder_spec, "decoder.onnx")):
+        metrics[function] = export_graph(spec, target / file)
+        metrics[function]["storage"] = store_weights_in_half(target / file)
+        metrics[function]["parity_max_abs_stored"] = {"batch4": max_abs_diff(spec, target / file, 4)}
+    statistics = style.built_in_statistics(target / "encoder.onnx")
+    np.savez(target / "styles.npz", **statistics)
+    entry = base_manifest("style", "style-transfer", state)
+    entry.pop("classes")
+    entry["image_size"] = rules.MAX_STYLE_SIDE
+    entry["training"].update(sources=style.source_record(), perceptual_network=perceptual.network_record(),
+                             loss=f"content (block {style.ENCODER_BLOCK} features vs the AdaIN target) + "
+                                  f"{style.STYLE_WEIGHT} x style (feature mean and std at blocks "
+                                  f"{list(style.LOSS_BLOCKS)})")
+    entry.update(functions={"encode": function_entry(target / "encoder.onnx"),
+                            "decode": function_entry(target / "decoder.onnx")},
+                 architecture="AdaIN (Huang & Belongie 2017): EfficientNet-Lite0 (ImageNet) stem and blocks 0-4 "
+                              "as the encoder; a decoder of nearest upsampling and 3x3 convolutions",
+                 tile={"encode": tile, "decode": cells, "margin_px": serving.ENCODE.margin},
+                 limits={"max_side": rules.MAX_STYLE_SIDE, "min_side": rules.MIN_STYLE_SIDE,
+                         "style_image_side": rules.STYLE_IMAGE_SIDE},
+                 styles_file="styles.npz",
+                 styles=[{"name": name, "title": title, "source": style.describe_source(source)}
+                         for name, (title, source) in style.BUILT_IN.items()],
+                 conditioning={"type": "image"},
+                 metrics={"export": metrics, "parameters": {"encoder": training.count_parameters(encoder_spec.module),
+                                                            "decoder": training.count_parameters(decoder)}})
     return manifest.write(target, entry)

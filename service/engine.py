@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from service.batcher import CohortGate, ContinuousBatcher, RunCost, Tensors
 from service.config import Config
 from service.manifest import Manifest
-from service.registry import LoadedModel, Registry, load_gmm
+from service.registry import LoadedModel, Registry, load_gmm, load_styles
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Engine:
                                                        gather_ms=config.gather_ms, order=config.queue_order,
                                                        batch_fill=config.batch_fill)
         self.gmm = load_gmm(registry.models["gmm"])
+        self.styles = load_styles(registry.models["style"])  # built-in style -> feature mean, std (40, 1, 1)
         text = registry.models["text"]
         self.tokenizer = Tokenizer.from_file(str(text.directory / text.manifest.tokenizer_file))
         self.tokenizer.enable_truncation(text.manifest.max_tokens)
@@ -122,6 +123,16 @@ class Engine:
         share the upscaler's runs."""
         out = await self.batchers["sr.upscale"].submit({"image": tiles.astype(np.float32)})
         return out["upscaled"]
+
+    async def style_encode(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, 3, 192, 192) in [-1, 1] -> (N, 40, 24, 24) style-encoder features (service/style.py's tiles)."""
+        out = await self.batchers["style.encode"].submit({"image": tiles.astype(np.float32)})
+        return out["features"]
+
+    async def style_decode(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, 40, 24, 24) renormalised features -> (N, 3, 192, 192) in [-1, 1]."""
+        out = await self.batchers["style.decode"].submit({"features": tiles.astype(np.float32)})
+        return out["image"]
 
     async def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
         """(N, 384) unit vectors; repeated prompts come from a small LRU cache."""
@@ -178,6 +189,9 @@ class Engine:
             await self.encode(np.zeros((rows, 3, 32, 32), np.float32))
             # at most 8 rows: 64 upscales cost seconds on a loaded CPU, and the cost model fits its slope from 1 and 8
             await self.upscale(np.zeros((min(rows, 8), 3, 32, 32), np.float32))
+            # a style tile costs ~30 upscales; 1 and 2 tiles give the cost model its slope
+            features = await self.style_encode(np.zeros((min(rows, 2), 3, 192, 192), np.float32))
+            await self.style_decode(features)
             await self.denoise(latent, np.full(rows, 0.5, np.float32), classes,
                                np.zeros((rows, diffusion.text_dim), np.float32), np.ones(rows, np.float32))
             self._prompt_cache.clear()

@@ -63,6 +63,7 @@ class Manifest:
     tokenizer_file: str | None = None  # text encoder
     max_tokens: int | None = None
     themes_file: str | None = None
+    styles_file: str | None = None  # style: the built-in styles' feature statistics
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the JSON as written, for /v1/models
 
     @property
@@ -96,6 +97,7 @@ class Manifest:
             tokenizer_file=raw.get("tokenizer_file"),
             max_tokens=_optional(int, raw.get("max_tokens")),
             themes_file=raw.get("themes_file"),
+            styles_file=raw.get("styles_file"),
             raw=MappingProxyType(dict(raw)),
         )
 

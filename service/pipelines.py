@@ -13,13 +13,16 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 
 import emoji
 import numpy as np
 
-from service import rules, samplers
+from service import rules, samplers, style
 from service.engine import Engine
 from service.errors import InvalidInput, ModelNotFound
+from service.style import StyleRequest
+from service.tiles import Tiling
 
 KARRAS_SAMPLERS = ("euler", "dpmpp_2m")  # few-step samplers gain most from Karras spacing
 
@@ -77,12 +80,11 @@ class UpscaleRequest:
     model: str = rules.UPSCALER
 
 
-# Tiles: the upscaler runs on 32 px squares; a larger upload is cut into tiles that overlap by TILE_MARGIN on
-# every side, and only each tile's centre is kept, so no output pixel comes from a tile's edge (the network
-# sees 10 px around a pixel, a margin of 8 all but the outermost 2: tests/test_upscale.py checks for seams).
-TILE = 32
-TILE_MARGIN = 8
+# Tiles: the upscaler runs on 32 px squares; a larger upload is cut into tiles that overlap by 8 px on every side,
+# and only each tile's centre is kept, so no output pixel comes from a tile's edge (the network sees 10 px around
+# a pixel, a margin of 8 all but the outermost 2: tests/test_upscale.py checks for seams).
 SCALE = 4
+UPSCALE_TILES = Tiling(32, 8, Fraction(SCALE), whole_when_it_fits=True)
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,11 @@ class Step:
 OnStep = Callable[[Step], None]
 
 
-def validate(engine: Engine, request: GenerateRequest | UpscaleRequest) -> None:
+def validate(engine: Engine, request: GenerateRequest | UpscaleRequest | StyleRequest) -> None:
     """The rules every transport shares (service/rules.py), with the model's own classes; violations
     are InvalidInput (400) / ModelNotFound (404)."""
+    if isinstance(request, StyleRequest):
+        return style.validate(engine, request)
     if isinstance(request, UpscaleRequest):
         if request.image is not None:
             rules.check_upscale_size(request.image.shape[1], request.image.shape[0])
@@ -164,15 +168,17 @@ def blended_classes(request: GenerateRequest) -> int:
     return 2 if request.blend is not None and request.blend.class_ids[0] != request.blend.class_ids[1] else 1
 
 
-def planned_rows(request: GenerateRequest | UpscaleRequest) -> dict[str, tuple[int, int]]:
+def planned_rows(request: GenerateRequest | UpscaleRequest | StyleRequest) -> dict[str, tuple[int, int]]:
     """The model work a valid request will submit, per function: (rows in all, rows per submission).
     Admission prices it with each function's measured cost; a sampler submits its rows once per step.
     (A prompt cached from an earlier request costs no embedding; the plan counts it, erring long. An upload
     to upscale is planned at the largest size allowed until it is decoded.)"""
+    if isinstance(request, StyleRequest):
+        return style.planned_rows(request)
     if isinstance(request, UpscaleRequest):
         height, width = (request.image.shape[:2] if request.image is not None
                          else (rules.MAX_UPSCALE_SIDE, rules.MAX_UPSCALE_SIDE))
-        tiles = math.prod(tile_grid(height, width))
+        tiles = math.prod(UPSCALE_TILES.grid(height, width))
         return {"sr.upscale": (tiles, tiles)}
     n = request.n
     plan: dict[str, tuple[int, int]] = {}
@@ -266,11 +272,13 @@ async def starting_draws(engine: Engine, request: GenerateRequest,
     return samplers.noise_like(rngs, engine.manifest("vae").latent_shape), class_ids
 
 
-async def generate(engine: Engine, request: GenerateRequest | UpscaleRequest,
+async def generate(engine: Engine, request: GenerateRequest | UpscaleRequest | StyleRequest,
                    on_step: OnStep | None = None) -> Generated:
     """The request's images; a diffusion request reports each sampler step to `on_step`."""
     if isinstance(request, UpscaleRequest):
         return await upscale_upload(engine, request)
+    if isinstance(request, StyleRequest):
+        return await stylise_upload(engine, request)
     request = request.with_seed()
     validate(engine, request)
     rngs = image_rngs(request.seed, request.n)
@@ -428,39 +436,18 @@ async def denoiser_condition(engine: Engine, request: GenerateRequest
 
 # --- super-resolution of uploads ---
 
-def tile_grid(height: int, width: int) -> tuple[int, int]:
-    """(rows, columns) of tiles for an image: one when it fits a tile, else tiles keeping 16 px centres."""
-    if height <= TILE and width <= TILE:
-        return 1, 1
-    kept = TILE - 2 * TILE_MARGIN
-    return math.ceil(height / kept), math.ceil(width / kept)
-
-
-def cut_tiles(image: np.ndarray) -> np.ndarray:
-    """(3, H, W) -> (rows x columns, 3, 32, 32), the image's edge pixels repeated past its border."""
-    _, height, width = image.shape
-    rows, columns = tile_grid(height, width)
-    margin, kept = (0, TILE) if rows == columns == 1 else (TILE_MARGIN, TILE - 2 * TILE_MARGIN)
-    padded = np.pad(image, [(0, 0), (margin, rows * kept + margin - height), (margin, columns * kept + margin - width)],
-                    mode="edge")
-    return np.stack([padded[:, r * kept:r * kept + TILE, c * kept:c * kept + TILE]
-                     for r in range(rows) for c in range(columns)])
-
-
-def join_tiles(tiles: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Upscaled tiles (T, 3, 128, 128) -> (3, 4H, 4W): each tile's centre in its place (`cut_tiles`' inverse)."""
-    rows, columns = tile_grid(height, width)
-    margin, kept = (0, TILE) if rows == columns == 1 else (TILE_MARGIN, TILE - 2 * TILE_MARGIN)
-    lo, hi = SCALE * margin, SCALE * (margin + kept)
-    grid = tiles[:, :, lo:hi, lo:hi].reshape(rows, columns, 3, hi - lo, hi - lo)  # (R, C, 3, h, w)
-    image = grid.transpose(2, 0, 3, 1, 4).reshape(3, rows * (hi - lo), columns * (hi - lo))
-    return image[:, :SCALE * height, :SCALE * width]
-
-
 async def upscale_upload(engine: Engine, request: UpscaleRequest) -> Generated:
     """An uploaded image 4x larger: its tiles through the upscaler's batcher, joined back."""
     height, width, _ = request.image.shape
-    upscaled = join_tiles(await engine.upscale(cut_tiles(to_unit(request.image))), height, width)
+    upscaled = UPSCALE_TILES.join(await engine.upscale(UPSCALE_TILES.cut(to_unit(request.image))), height, width)
     parameters = {"upscale": SCALE, "upload_sha256": request.upload_sha256, "composite": True}
     return Generated(to_uint8(upscaled[None]), [0], [None], rules.UPSCALER, engine.manifest(rules.UPSCALER).version,
                      parameters)
+
+
+async def stylise_upload(engine: Engine, request: StyleRequest) -> Generated:
+    """An uploaded image in a built-in or uploaded style, at its own size (service/style.py)."""
+    chosen = request.style if request.style is not None else to_unit(request.style_image)
+    image = await style.stylise(engine, to_unit(request.image), chosen, request.strength)
+    return Generated(to_uint8(image[None]), [0], [None], rules.STYLE_MODEL, engine.manifest(rules.STYLE_MODEL).version,
+                     style.parameters(request))

@@ -27,7 +27,7 @@ from service.manifest import Manifest, load_verified
 
 log = logging.getLogger(__name__)
 
-REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text", "sr")
+REQUIRED_MODELS = ("dcgan", "vae", "gmm", "diffusion", "text", "sr", "style")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,13 @@ def load_gmm(model: LoadedModel) -> dict[str, np.ndarray]:
         prior = {key: arrays[key] for key in arrays.files}
     return {**{k: v for k, v in prior.items() if k not in ("basis", "scales", "isotropic")},
             "cholesky": gmm_factors(prior)}
+
+
+def load_styles(model: LoadedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Built-in style name -> its encoder features' per-channel mean and standard deviation, (C, 1, 1) each."""
+    with np.load(model.directory / model.manifest.styles_file) as arrays:
+        return {str(name): (mean[:, None, None].astype(np.float32), std[:, None, None].astype(np.float32))
+                for name, mean, std in zip(arrays["names"], arrays["mean"], arrays["std"])}
 
 
 def gmm_factors(prior: dict[str, np.ndarray]) -> np.ndarray:

@@ -71,6 +71,15 @@ UPSCALER = "sr"
 UPSCALE_FACTORS = (1, 4)
 MAX_UPSCALE_SIDE = 128
 
+# Style transfer (service/style.py): a content image up to MAX_STYLE_SIDE a side (a larger upload is scaled
+# down to it) in a built-in style or an uploaded one, which is seen at STYLE_IMAGE_SIDE on its longer side (the
+# scale its statistics were taken at in training: brush marks keep their size whatever the upload's).
+STYLE_MODEL = "style"
+MAX_STYLE_SIDE = 512
+MIN_STYLE_SIDE = 32
+STYLE_IMAGE_SIDE = 256
+STYLE_STRENGTH = Bound("strength", 0.0, 1.0, 1.0, "1: the style's full feature statistics; 0: the content redrawn")
+
 # The creative tools (service/creative.py): interpolation, breeding, interactive sessions.
 # Frames share batched runs; 2 are the endpoints alone, 32 make a one-second loop at 30 fps.
 FRAMES = Bound("frames", 2, 32, 8, "frames of an interpolation, both endpoints included")

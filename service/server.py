@@ -72,7 +72,7 @@ class ServingCore:
         route shares, around the work of one client request (OIP: one plain request per row)."""
         # the label is the client's model name only when it names a model: a label per unknown name
         # would let any client grow the metrics without bound (seen when fuzzing)
-        model = requests[0].model if requests[0].model in (*rules.MODELS, rules.UPSCALER) else "unknown"
+        model = requests[0].model if requests[0].model in (*rules.MODELS, rules.UPSCALER, rules.STYLE_MODEL) else "unknown"
         started, status, ticket = time.perf_counter(), "200", None
         task = asyncio.current_task()
         try:

@@ -41,6 +41,7 @@ from service.errors import InvalidInput, Overloaded
 
 MAX_UPLOAD_BYTES = 4 * 2**20  # a 32x32 model needs far less; 4 MiB admits any ordinary photo or sketch
 MAX_UPLOAD_PIXELS = 4096 * 4096  # the header's claim is checked before decoding (decompression bombs)
+MAX_UPLOAD_SIDE = MAX_UPLOAD_PIXELS  # no side can exceed the pixel bound (a 1-px-high strip)
 IMAGE_SIZE = 32
 WHITE = (255, 255, 255)  # export/data.py's canvas
 # base64 needs 4 characters per 3 bytes; a data URL's short prefix fits in the slack
@@ -158,15 +159,21 @@ async def decoded_into(request, image_payload: bytes, mask_payload: bytes | None
     """(`request` with the decoded upload in place of what `planned` put there, the Edit): `decode_edit` in
     the decoding thread, so the event loop (health checks, other requests, gRPC) keeps running while it
     works; Overloaded (429) when MAX_WAITING_DECODES uploads already wait for it. Call it once admitted."""
+    edit = await decoded(decode_edit, image_payload, mask_payload)
+    return replace(request, init_image=edit.image, mask=edit.mask, upload_sha256=edit.sha256), edit
+
+
+async def decoded(decode: Callable[..., T], *payloads) -> T:
+    """`decode(*payloads)` in the decoding thread; Overloaded (429) when MAX_WAITING_DECODES uploads already
+    wait for it, rather than a queue without bound."""
     global _waiting_decodes
     if _waiting_decodes >= MAX_WAITING_DECODES:
         raise Overloaded(f"{_waiting_decodes} uploads are waiting to be decoded; retry shortly", retry_after=1.0)
     _waiting_decodes += 1
     try:
-        edit = await off_loop(decode_edit, image_payload, mask_payload)
+        return await off_loop(decode, *payloads)
     finally:
         _waiting_decodes -= 1
-    return replace(request, init_image=edit.image, mask=edit.mask, upload_sha256=edit.sha256), edit
 
 
 async def off_loop(work: Callable[..., T], *args) -> T:
@@ -237,3 +244,20 @@ def _repaint_mask(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
     square = ImageOps.pad(alpha, (max(alpha.size),) * 2, color=255)  # padding is kept, like the image's
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)  # mean alpha per pixel
     return np.asarray(small) < 128
+
+
+def decode_fitted(payload: bytes, what: str, side: int) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 RGB on white at the upload's own size, scaled down (never up) to at most `side` px on
+    its longer side, and the file's sha256: for the models that work at an image's size (style transfer).
+    Every check of `_open` first; a large upload is box-reduced by a whole factor before anything else."""
+    image = _open(payload, what)
+    factor = max(1, max(image.size) // side)
+    if factor > 1:
+        image = (image if image.mode in _REDUCIBLE_MODES else image.convert("RGBA")).reduce(factor)
+    rgba = image.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba).convert("RGB")
+    if max(flat.size) > side:
+        scale = side / max(flat.size)
+        flat = flat.resize((max(1, round(flat.size[0] * scale)), max(1, round(flat.size[1] * scale))),
+                           Image.Resampling.LANCZOS)
+    return np.asarray(flat), hashlib.sha256(payload).hexdigest()

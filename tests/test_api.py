@@ -157,7 +157,7 @@ def test_malformed_json_is_a_4xx(server):
 def test_models_route_reports_manifests_providers_and_batching(server):
     body = httpx.get(server.url + "/v1/models", timeout=10).json()
     names = {m["name"] for m in body["models"]}
-    assert names == {"dcgan", "vae", "gmm", "diffusion", "text", "sr"}
+    assert names == {"dcgan", "vae", "gmm", "diffusion", "text", "sr", "style"}
     assert all("CPUExecutionProvider" in m["providers"] for m in body["models"] if m["functions"])
     assert body["batching"]["diffusion"] == "step" and body["engine"]["diffusion.denoise"]["runs"] >= 1
 
@@ -173,6 +173,9 @@ def test_service_never_imports_torch_while_serving_a_request():
         "    for model in rules.MODELS:\n"
         "        out = await pipelines.generate(engine, pipelines.GenerateRequest(model=model, prompt='a cat', steps=2))\n"
         "        assert out.images.shape == (1, 32, 32, 3)\n"
+        "    from service.style import StyleRequest\n"
+        "    out = await pipelines.generate(engine, StyleRequest(image=out.images[0].repeat(2, 0).repeat(2, 1), style='waves'))\n"
+        "    assert out.images.shape == (1, 64, 64, 3)\n"
         "    await engine.stop()\n"
         "asyncio.run(main())\n"
         "loaded = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
@@ -188,7 +191,7 @@ def test_bento_builds_offline_with_the_models(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     bento = next((tmp_path / "bentos" / "atelier").glob("[!l]*"))  # the tag directory, not `latest`
-    for name in ("dcgan", "vae", "gmm", "diffusion", "text", "sr"):
+    for name in ("dcgan", "vae", "gmm", "diffusion", "text", "sr", "style"):
         manifest = bento / "src" / "models" / name / "manifest.json"
         assert manifest.is_file(), manifest
         assert (bento / "src" / "models" / name / "manifest.json").read_bytes() == (ROOT / "models" / name /

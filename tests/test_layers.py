@@ -18,14 +18,14 @@ SERVICE = Path(__file__).resolve().parent.parent / "service"
 # __init__ and the generated protobuf code are leaves, outside the walk)
 LAYERS = {
     "config": 0, "errors": 0, "logs": 0, "metrics": 0,
-    "manifest": 1, "fp16": 1, "rules": 1, "credentials": 1, "genomes": 1.5,
+    "manifest": 1, "fp16": 1, "rules": 1, "credentials": 1, "tiles": 1, "genomes": 1.5,
     "registry": 2, "batcher": 2, "engine": 3,
-    "samplers": 4, "uploads": 4, "pipelines": 5, "creative": 5.2,
+    "samplers": 4, "uploads": 4, "style": 4.5, "pipelines": 5, "creative": 5.2,
     "admission": 5.5, "server": 6,
     "transports.oip_edits": 6.5,
     "transports.context": 7, "transports.bodies": 7, "transports.oip": 7, "transports.streaming": 7.5,
     "transports.json_api": 8, "transports.oip_http": 8, "transports.oip_grpc": 8, "transports.openai_images": 8,
-    "transports.creative_api": 8.5, "transports.assist_api": 8.5,
+    "transports.creative_api": 8.5, "transports.assist_api": 8.5, "transports.style_api": 8.5,
     "transports.credentials_api": 8, "transports.playground": 8,
     "transports.http_app": 9,
     "api": 10,

@@ -53,15 +53,16 @@ def test_tiles_join_back_into_the_whole_image(height, width):
     """With a nearest-neighbour stand-in for the upscaler, cutting into tiles and joining their centres
     gives exactly the whole image upscaled: every output pixel comes from the tile that owns it."""
     image = np.random.default_rng(height * width).uniform(-1, 1, (3, height, width)).astype(np.float32)
-    tiles = pipelines.cut_tiles(image)
-    assert tiles.shape == (np.prod(pipelines.tile_grid(height, width)), 3, 32, 32)
+    tiling = pipelines.UPSCALE_TILES
+    tiles = tiling.cut(image)
+    assert tiles.shape == (np.prod(tiling.grid(height, width)), 3, 32, 32)
     nearest = tiles.repeat(4, axis=2).repeat(4, axis=3)
-    np.testing.assert_array_equal(pipelines.join_tiles(nearest, height, width),
+    np.testing.assert_array_equal(tiling.join(nearest, height, width),
                                   image.repeat(4, axis=1).repeat(4, axis=2))
 
 
 def test_largest_upload_fits_one_run_of_the_default_batch():
-    assert np.prod(pipelines.tile_grid(rules.MAX_UPSCALE_SIDE, rules.MAX_UPSCALE_SIDE)) <= 64
+    assert np.prod(pipelines.UPSCALE_TILES.grid(rules.MAX_UPSCALE_SIDE, rules.MAX_UPSCALE_SIDE)) <= 64
 
 
 # --- served ---

@@ -22,13 +22,13 @@ from starlette.routing import Match, compile_path
 
 from service import uploads
 from service.transports import (assist_api, bodies, creative_api, credentials_api, json_api, oip_http,
-                                openai_images, playground)
+                                openai_images, playground, style_api)
 from service.transports.context import RequestContext, install_error_handlers
 
 VERSION = "1.0.0"
 # An OpenAI edit uploads an image and a mask of up to uploads.MAX_UPLOAD_BYTES each, plus a few fields.
 OPENAI_MAX_BODY_BYTES = 2 * uploads.MAX_UPLOAD_BYTES + (1 << 16)
-# /v1/img2img and /v1/inpaint: the same two files as base64 text in JSON
+# /v1/img2img, /v1/inpaint and /v1/style: two files as base64 text in JSON
 ASSIST_MAX_BODY_BYTES = 2 * uploads.MAX_UPLOAD_BASE64_CHARS + (1 << 16)
 # /v1/credentials/verify: one file as base64 text in JSON
 VERIFY_MAX_BODY_BYTES = uploads.MAX_UPLOAD_BASE64_CHARS + (1 << 16)
@@ -46,6 +46,7 @@ def create_app() -> FastAPI:
     app.include_router(json_api.router, max_body_size=oip_http.MAX_BODY_BYTES, dependencies=strict)
     app.include_router(creative_api.router, max_body_size=oip_http.MAX_BODY_BYTES, dependencies=strict)
     app.include_router(assist_api.router, max_body_size=ASSIST_MAX_BODY_BYTES, dependencies=strict)
+    app.include_router(style_api.router, max_body_size=ASSIST_MAX_BODY_BYTES, dependencies=strict)
     app.include_router(oip_http.router, max_body_size=oip_http.MAX_BODY_BYTES, dependencies=strict)
     app.include_router(openai_images.router, max_body_size=OPENAI_MAX_BODY_BYTES, dependencies=strict)
     app.include_router(credentials_api.router, max_body_size=VERIFY_MAX_BODY_BYTES, dependencies=strict)

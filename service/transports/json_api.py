@@ -13,14 +13,10 @@ dependency, which costs every request a hop through the thread pool (seen in a p
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 from typing import Annotated, Literal
 
 import numpy as np
-from PIL import Image
-
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,7 +160,7 @@ async def upscale(body: UpscaleBody, request: Request) -> GenerateResponse:
     payload = uploads.from_base64(body.image, "image")
     plain = pipelines.UpscaleRequest(priority=body.priority)
     async with core.admitted("/v1/upscale", "json", [plain]):
-        pixels, sha256 = await asyncio.to_thread(upload_pixels, payload)
+        pixels, sha256 = await uploads.decoded(upload_pixels, payload)
         plain = pipelines.UpscaleRequest(pixels, sha256, body.priority)
         generated = await core.generate(plain, lambda: client_gone(request))
     encoded = await core.encode(generated, body.output)
@@ -173,14 +169,11 @@ async def upscale(body: UpscaleBody, request: Request) -> GenerateResponse:
 
 
 def upload_pixels(payload: bytes) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 on white and the file's sha256, after every upload check (uploads.decode_edit: format,
-    bytes, declared pixels, corruption) and the upscaler's own size limit."""
-    edit = uploads.decode_edit(payload, None)
-    rules.check_upscale_size(*edit.size)
-    with Image.open(io.BytesIO(payload)) as image:  # already checked, and at most 128 px a side
-        rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, uploads.WHITE + (255,))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), edit.sha256
+    """(H, W, 3) uint8 on white and the file's sha256, after every upload check (format, bytes, declared
+    pixels, corruption) and the upscaler's own size limit."""
+    pixels, sha256 = uploads.decode_fitted(payload, "image", uploads.MAX_UPLOAD_SIDE)
+    rules.check_upscale_size(pixels.shape[1], pixels.shape[0])
+    return pixels, sha256
 
 
 @router.get("/models")
