@@ -4,7 +4,9 @@ rest kept). JSON bodies like every `/v1` route, the files as base64 text (`uploa
 decode with the same `uploads.decode_edit` as the OpenAI edits route, into the same
 `pipelines.GenerateRequest`, and run through `core.admitted` + `core.generate`. Results come back at the
 upload's aspect and size (at most `uploads.MAX_RETURN_SIDE` a side), with provenance: the upload's
-sha256 and `composite: true`.
+sha256 and `composite: true`. A body is up to two files of ~5.6 MB of base64, so the routes read it
+themselves and parse it, decode its files and resize the results in the upload decoding thread, never
+on the event loop (issue 17).
 
     curl -s localhost:3000/v1/img2img -H 'content-type: application/json' \
          -d "{\"image\": \"$(base64 -w0 sketch.png)\", \"strength\": 0.3, \"prompt\": \"a red heart\", \"seed\": 1}"
@@ -16,10 +18,10 @@ from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from service import pipelines, rules, uploads
-from service.transports.bodies import GenerationSettings, Prompt, bounded
+from service import rules, uploads
+from service.transports.bodies import GenerationSettings, Prompt, bounded, parse
 from service.transports.context import client_gone, core_of
 from service.transports.json_api import GeneratedImage, GenerateResponse
 
@@ -43,30 +45,44 @@ class InpaintBody(Img2ImgBody):
     strength: Annotated[float, bounded(rules.STRENGTH)] = rules.STRENGTH.maximum  # the masked area redrawn whole
 
 
-@router.post("/img2img", response_model=GenerateResponse)
-async def img2img(body: Img2ImgBody, request: Request) -> GenerateResponse:
+def json_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of a route that reads its JSON itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+@router.post("/img2img", response_model=GenerateResponse, openapi_extra=json_body(Img2ImgBody))
+async def img2img(request: Request) -> GenerateResponse:
     """Images that start from an uploaded image or sketch: strength 0 returns it, 1 ignores it."""
-    return await answer(request, "/v1/img2img", body, uploads.from_base64(body.image, "image"), None)
+    return await answer(request, "/v1/img2img", Img2ImgBody)
 
 
-@router.post("/inpaint", response_model=GenerateResponse)
-async def inpaint(body: InpaintBody, request: Request) -> GenerateResponse:
+@router.post("/inpaint", response_model=GenerateResponse, openapi_extra=json_body(InpaintBody))
+async def inpaint(request: Request) -> GenerateResponse:
     """The masked area of an uploaded image repainted; the pixels outside the mask are the upload's own."""
-    return await answer(request, "/v1/inpaint", body, uploads.from_base64(body.image, "image"),
-                        uploads.from_base64(body.mask, "mask"))
+    return await answer(request, "/v1/inpaint", InpaintBody)
 
 
-async def answer(request: Request, route: str, body: Img2ImgBody, image: bytes,
-                 mask: bytes | None) -> GenerateResponse:
-    """Admit, decode the upload, run, return at the upload's aspect: the path both routes share. Decoding and
-    resizing to the upload's size (up to 16 images of 512²) run off the event loop."""
+async def answer(request: Request, route: str, body_type: type[Img2ImgBody]) -> GenerateResponse:
+    """Parse, admit, decode the upload, run, return at the upload's aspect: the path both routes share. The
+    body is parsed in the upload decoding thread before admission (it holds what admission prices); its
+    files are decoded there once admitted, and the results resized to the upload's size (up to 16 images
+    of 512²) there too."""
     core = core_of(request)
+    body = await uploads.decoded(parse, body_type, await request.body())
+    mask = getattr(body, "mask", None)
     plain = body.to_request(core.class_id(body.model, body.class_), body.prompt, **uploads.planned(mask),
                             strength=body.strength)
     async with core.admitted(route, "json", [plain]):
-        plain, edit = await uploads.decoded_into(plain, image, mask)
+        edit = await uploads.decoded(decode_files, body.image, mask)
+        plain = replace(plain, init_image=edit.image, mask=edit.mask, upload_sha256=edit.sha256)
         generated = await core.generate(plain, lambda: client_gone(request))
     restored = replace(generated,
                        images=await uploads.off_loop(uploads.restore_aspect, generated.images, edit.size))
     return GenerateResponse(model=generated.model, version=generated.version, parameters=generated.parameters,
                             images=[GeneratedImage.of(image) for image in await core.encode(restored)])
+
+
+def decode_files(image: str, mask: str | None) -> uploads.Edit:
+    """The body's base64 files as an upload: CPU work for the decoding thread."""
+    return uploads.decode_edit(uploads.from_base64(image, "image"),
+                               None if mask is None else uploads.from_base64(mask, "mask"))

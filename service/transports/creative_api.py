@@ -229,11 +229,10 @@ async def interpolate_uploads(core: ServingCore, body: InterpolateBody) -> tuple
     if model != "vae":
         raise InvalidInput(f"interpolation between uploaded images runs in the VAE's latent space (model 'vae'); "
                            f"got {model!r}")
-    payloads = [uploads.from_base64(image, f"images[{i}]") for i, image in enumerate(body.images)]
     # priced before the latents exist: the frames without their vectors cost the same decodes
     planned = [pipelines.GenerateRequest(model="vae", seed=0, priority=body.priority)] * body.frames
     async with core.admitted("/v1/interpolate", "json", planned):
-        edits = [decoded_upload(i, payload) for i, payload in enumerate(payloads)]
+        edits = await uploads.decoded(decoded_uploads, body.images)
         frames = [replace(frame, priority=body.priority) for frame in
                   await creative.upload_frames(core.engine, (edits[0].image, edits[1].image), body.frames)]
         results = await generate_rows(core, frames)
@@ -241,12 +240,16 @@ async def interpolate_uploads(core: ServingCore, body: InterpolateBody) -> tuple
     return frames, [replace(result, parameters={**result.parameters, **made_from}) for result in results]
 
 
-def decoded_upload(index: int, payload: bytes) -> uploads.Edit:
-    """`uploads.decode_edit`, its refusal naming which of the two uploads it was."""
-    try:
-        return uploads.decode_edit(payload, None)
-    except InvalidInput as error:
-        raise InvalidInput(f"images[{index}]: {error}") from None
+def decoded_uploads(images: Sequence[str]) -> list[uploads.Edit]:
+    """Each base64 upload through `uploads.decode_edit`, a refusal naming which of them it was: CPU work for
+    the upload decoding thread (`uploads.decoded`), off the event loop."""
+    edits = []
+    for index, text in enumerate(images):
+        try:
+            edits.append(uploads.decode_edit(uploads.from_base64(text, "image"), None))
+        except InvalidInput as error:
+            raise InvalidInput(f"images[{index}]: {error}") from None
+    return edits
 
 
 def animation_file(images: Sequence, frame_ms: int, image_format: Literal["webp", "gif"], provenance: dict) -> bytes:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -263,11 +263,32 @@ def generate_requests(request: InferRequest) -> list[pipelines.GenerateRequest]:
 
 
 def edit_options(model: str, tensors: dict[str, Tensor]) -> list[dict]:
-    """Each row's upload for img2img and inpaint (`oip_edits`): the image, its mask, their provenance."""
+    """Each row's upload for img2img and inpaint as admission plans it (`uploads.planned`): the pixels are
+    made into model input once admitted, off the event loop (`with_uploads`)."""
+    images, masks = edit_pixels(tensors)
+    oip_edits.check_pixels(images, masks)
+    planned = {"init_image": uploads.PLANNED_IMAGE, "mask": None if masks is None else uploads.PLANNED_MASK}
+    return [planned] * images.shape[0]
+
+
+def edit_pixels(tensors: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The edit models' inputs as arrays: images (N, H, W, 3) uint8 and masks (N, H, W) bool or None."""
     image = tensors["image"]
-    masks = tensors["mask"].data.reshape(tensors["mask"].shape) if "mask" in tensors else None
-    edits = oip_edits.pixel_edits(image.data.reshape(image.shape), masks)
-    return [{"init_image": edit.image, "mask": edit.mask, "upload_sha256": edit.sha256} for edit in edits]
+    return (image.data.reshape(image.shape),
+            tensors["mask"].data.reshape(tensors["mask"].shape) if "mask" in tensors else None)
+
+
+async def with_uploads(request: InferRequest, rows: list[pipelines.GenerateRequest]) -> list[pipelines.GenerateRequest]:
+    """The rows of an img2img or inpaint request with each row's pixels decoded as an upload (`oip_edits`), in
+    the upload decoding thread (429 past its queue): the event loop keeps answering while it works."""
+    edits = await uploads.decoded(oip_edits.pixel_edits, *edit_pixels({t.name: t for t in request.inputs}))
+    return [replace(row, init_image=edit.image, mask=edit.mask, upload_sha256=edit.sha256)
+            for row, edit in zip(rows, edits)]
+
+
+async def generate_edits(core: ServingCore, request: InferRequest,
+                         rows: list[pipelines.GenerateRequest]) -> list[pipelines.Generated]:
+    return await generate_rows(core, await with_uploads(request, rows))
 
 
 def checked_inputs(request: InferRequest) -> dict[str, Tensor]:
@@ -337,10 +358,10 @@ async def infer(core: ServingCore, request: InferRequest, route: str, protocol: 
         raise InvalidInput(f"model {request.model!r} has no output {unknown[0]!r}; outputs: image")
     rows = generate_requests(request)
     async with core.admitted(route, protocol, rows):
-        work = generate_rows(core, rows)
+        work = generate_edits(core, request, rows) if request.model in EDIT_MODELS else generate_rows(core, rows)
         generated = await (cancel_on(disconnected(), work) if disconnected else work)
     images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8
-    if request.model in EDIT_MODELS:  # back to the input's aspect and size, as the JSON routes answer
+    if request.model in EDIT_MODELS:  # back to the input's aspect and size, as the JSON routes answer, off the loop
         _, height, width, _ = next(tensor.shape for tensor in request.inputs if tensor.name == "image")
-        images = uploads.restore_aspect(images, (width, height))
+        images = await uploads.off_loop(uploads.restore_aspect, images, (width, height))
     return InferResponse(request.model, version, request.id, (Tensor("image", "UINT8", images.shape, images.ravel()),))

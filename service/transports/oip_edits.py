@@ -19,15 +19,22 @@ from service import uploads
 from service.errors import InvalidInput
 
 
-def pixel_edits(images: np.ndarray, masks: np.ndarray | None) -> list[uploads.Edit]:
-    """(N, H, W, 3) uint8 and an optional (N, H, W) bool mask (True = repaint) -> one Edit per row, whose
-    sha256 is of the row's pixels as the client sent them (row-major uint8)."""
+def check_pixels(images: np.ndarray, masks: np.ndarray | None) -> None:
+    """The shapes' refusals, before admission: the pixels are decoded after it (`pixel_edits`)."""
     _, height, width, _ = images.shape
     if height == 0 or width == 0:
         raise InvalidInput(f"input 'image' has no pixels: {height}x{width}")
     if masks is not None and masks.shape[1:] != (height, width):
         raise InvalidInput(f"input 'mask' is {masks.shape[1]}x{masks.shape[2]} (height x width) but 'image' is "
                            f"{height}x{width}")
+
+
+def pixel_edits(images: np.ndarray, masks: np.ndarray | None) -> list[uploads.Edit]:
+    """(N, H, W, 3) uint8 and an optional (N, H, W) bool mask (True = repaint) -> one Edit per row, whose
+    sha256 is of the row's pixels as the client sent them (row-major uint8). CPU work at the input's size:
+    run it off the event loop (`oip.with_uploads`)."""
+    check_pixels(images, masks)
+    height, width = images.shape[1:3]
     edits = []
     for i, pixels in enumerate(images):
         # the rows as lossless, uncompressed PNG files: decode_edit's checks and resizing, without zlib's cost
