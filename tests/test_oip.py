@@ -105,9 +105,26 @@ def test_model_metadata_lists_typed_tensors_over_both_transports(http_client, gr
         inputs = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["inputs"]}
         assert inputs == {"seed": ("INT64", [-1]), "class_id": ("INT64", [-1]), "prompt": ("BYTES", [-1])}
         image = metadata["outputs"][0]
+        # 32x32, or 128x128 with the parameter upscale: 4
         assert (image["name"], image["datatype"], [int(d) for d in image["shape"]]) == ("image", "UINT8",
-                                                                                      [-1, 32, 32, 3])
-    assert ("steps" in over_http["parameters"]) == (model == "diffusion")
+                                                                                      [-1, -1, -1, 3])
+    assert ("steps" in over_http["parameters"]) == (model == "diffusion") and "upscale" in over_http["parameters"]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_upscale_4_is_the_json_apis_cascade_over_both_transports(server, http_client, grpc_client, transport):
+    """upscale: 4 on every protocol: the same 128 px pixels as /v1/generate's for the same seed and class."""
+    client = http_client if transport == "http" else grpc_client
+    images = oip_images(client, "dcgan", seeds=[5, 6], class_ids=[2, 2], upscale=4)
+    assert images.shape == (2, 128, 128, 3)
+    body = httpx.post(server.url + "/v1/generate", json={"model": "dcgan", "n": 2, "seed": 5, "class": 2, "upscale": 4,
+                                                          "output": "raw"}, timeout=60).json()
+    expected = np.stack([np.frombuffer(base64.b64decode(item["raw_base64"]), np.uint8).reshape(128, 128, 3)
+                         for item in body["images"]])
+    np.testing.assert_array_equal(images, expected)
+    refused = httpx.post(server.url + "/v2/models/dcgan/infer", json={**seed_json(), "parameters": {"upscale": 2}},
+                         timeout=30)
+    assert refused.status_code == 400 and "upscale" in refused.json()["error"]
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

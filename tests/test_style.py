@@ -221,3 +221,13 @@ def test_style_refuses_bad_uploads_with_a_reason(server, payload, reason):
         response = post_style(server, **body)
         assert response.status_code == 400, response.text
         assert reason in response.json()["error"]
+
+
+def test_style_refuses_a_huge_body_and_stays_healthy(server):
+    from service.transports.http_app import ASSIST_MAX_BODY_BYTES
+
+    response = httpx.post(server.url + "/v1/style", json={"image": "A" * (ASSIST_MAX_BODY_BYTES + 1), "style": "mosaic"},
+                          timeout=60)
+    assert response.status_code == 413, response.text
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    assert post_style(server, image=b64(png_of(scene(40, 40))), style="mosaic").status_code == 200

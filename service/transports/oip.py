@@ -134,6 +134,8 @@ PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
     "strength": ((int, float), f"img2img and inpaint: {rules.STRENGTH.description}, 0..1 (default "
                                f"{rules.SKETCH_STRENGTH:g} for img2img, 1 for inpaint): 0 returns the image, 1 "
                                "ignores it"),
+    "upscale": ((int,), "4: each image through the 4x super-resolution model, 128 px (the same cascade as "
+                        "/v1/generate's upscale: 4); 1 (default): the model's own 32 px; not for img2img and inpaint"),
     "priority": ((str, int), f"{' or '.join(rules.PRIORITIES)} (default {rules.DEFAULT_PRIORITY}), or Triton's "
                               "integer levels (tritonclient's `priority=`): 0 and 1 interactive, 2 and above batch; "
                               "batch work fills free rows and is refused first under overload"),
@@ -167,9 +169,12 @@ def model_metadata(core: ServingCore, model: str, version: str = "") -> ModelMet
                            f"at the input image's aspect and size, at most {uploads.MAX_RETURN_SIDE} px a side")
     else:
         size = core.registry.manifest(model).image_size
-        image = TensorSpec("image", "UINT8", (-1, size, size, 3), True, "RGB, row-major (N, height, width, channel)")
+        image = TensorSpec("image", "UINT8", (-1, -1, -1, 3), True, f"RGB, row-major (N, height, width, channel): "
+                           f"{size}x{size}, or {size * pipelines.SCALE}x{size * pipelines.SCALE} with upscale 4")
     parameters = {name: doc for name, (_, doc) in PARAMETERS.items()
-                  if name == "priority" or (model == "diffusion" and name != "strength") or model in EDIT_MODELS}
+                  if name == "priority" or (model == "diffusion" and name not in ("strength", "upscale"))
+                  or (name == "upscale" and model not in EDIT_MODELS)
+                  or (model in EDIT_MODELS and name != "upscale")}
     return ModelMetadata(model, (served,), PLATFORM, MODEL_INPUTS[model], (image,), parameters)
 
 
@@ -329,6 +334,8 @@ def generation_options(parameters: Mapping[str, Parameter], model: str) -> dict[
             raise InvalidInput(f"unknown parameter {name!r}; parameters: {', '.join(PARAMETERS)}")
         if name == "strength" and model not in EDIT_MODELS:
             raise InvalidInput(f"parameter 'strength' is for the {' and '.join(EDIT_MODELS)} models, not {model!r}")
+        if name == "upscale" and model in EDIT_MODELS:
+            raise InvalidInput(f"parameter 'upscale' is for the generating models, not {model!r}")
         accepted = PARAMETERS[name][0]
         if not isinstance(value, accepted) or isinstance(value, bool):
             raise InvalidInput(f"parameter {name!r} must be {' or '.join(t.__name__ for t in accepted)}, "
@@ -360,7 +367,7 @@ async def infer(core: ServingCore, request: InferRequest, route: str, protocol: 
     async with core.admitted(route, protocol, rows):
         work = generate_edits(core, request, rows) if request.model in EDIT_MODELS else generate_rows(core, rows)
         generated = await (cancel_on(disconnected(), work) if disconnected else work)
-    images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8
+    images = np.concatenate([g.images for g in generated])  # (N, 32, 32, 3) uint8, (N, 128, 128, 3) upscaled
     if request.model in EDIT_MODELS:  # back to the input's aspect and size, as the JSON routes answer, off the loop
         _, height, width, _ = next(tensor.shape for tensor in request.inputs if tensor.name == "image")
         images = await uploads.off_loop(uploads.restore_aspect, images, (width, height))
