@@ -6,38 +6,26 @@ interactive session's cross-entropy method with a simulated audience.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from harness import in_process
+from harness.in_process import generate_all, run
 from service import creative, pipelines
-from service.config import load_config
 from service.errors import InvalidInput
-from service.engine import Engine
 from service.genomes import Genome
-from service.registry import Registry
 
 GenerateRequest = pipelines.GenerateRequest
 
 
-LOOP = asyncio.new_event_loop()  # one loop for the module: the Engine's batchers live in it
 
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = Engine(Registry.load(load_config({})), load_config({}))
-    yield engine
-    LOOP.run_until_complete(engine.stop())
-
-
-def run(coroutine):
-    return LOOP.run_until_complete(coroutine)
-
-
-async def generate_all(engine, requests):
-    return await asyncio.gather(*(pipelines.generate(engine, request) for request in requests))
+    with in_process.engine() as running:
+        yield running
 
 
 def redness(image: np.ndarray) -> float:

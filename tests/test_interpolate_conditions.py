@@ -8,20 +8,17 @@ K-1 stay the endpoints' own generations byte for byte; blends are refused where 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from harness import in_process
+from harness.in_process import generate_all, run
 from service import creative, pipelines
-from service.config import load_config
-from service.engine import Engine
 from service.errors import InvalidInput
-from service.registry import Registry
 
 GenerateRequest = pipelines.GenerateRequest
-LOOP = asyncio.new_event_loop()  # one loop for the module: the Engine's batchers live in it
 STEPS = 8
 PAIRS = {"classes": ({"class_id": 2}, {"class_id": 3}),
          "prompts": ({"prompt": "a red heart"}, {"prompt": "a green tree"}),
@@ -30,17 +27,8 @@ PAIRS = {"classes": ({"class_id": 2}, {"class_id": 3}),
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = Engine(Registry.load(load_config({})), load_config({}))
-    yield engine
-    LOOP.run_until_complete(engine.stop())
-
-
-def run(coroutine):
-    return LOOP.run_until_complete(coroutine)
-
-
-async def generate_all(engine, requests):
-    return await asyncio.gather(*(pipelines.generate(engine, request) for request in requests))
+    with in_process.engine() as running:
+        yield running
 
 
 def endpoints(pair: str, seeds=(3, 9)) -> tuple[GenerateRequest, GenerateRequest]:

@@ -7,7 +7,6 @@ POST /v1/style on a real Atelier (sizes, provenance, bad input).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from harness import in_process
 from service import pipelines, rules, style
 from service.style import StyleRequest
 from service.tiles import Tiling
@@ -79,22 +79,14 @@ def test_adain_gives_the_style_statistics_at_full_strength_and_the_content_at_ze
 
 # --- the served pipeline, in-process, on the committed model ---
 
-LOOP = asyncio.new_event_loop()  # one loop for the module: the Engine's batchers live in it
-
-
 @pytest.fixture(scope="module")
 def engine():
-    from service.config import load_config
-    from service.engine import Engine
-    from service.registry import Registry
-
-    engine = Engine(Registry.load(load_config({})), load_config({}))
-    yield engine
-    LOOP.run_until_complete(engine.stop())
+    with in_process.engine() as running:
+        yield running
 
 
 def stylised(engine, request: StyleRequest) -> np.ndarray:
-    return LOOP.run_until_complete(pipelines.generate(engine, request)).images[0]
+    return in_process.run(pipelines.generate(engine, request)).images[0]
 
 
 CONTENT = np.asarray(scene(300, 200))
