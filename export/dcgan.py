@@ -188,10 +188,6 @@ def load_trained(device: torch.device | str = "cpu") -> Generator:
     """The EMA latent generator from its checkpoint, with the committed VAE decoder behind it."""
     from export import from_onnx
 
-    state = training.load_checkpoint("dcgan", device)
-    if state is None:
-        raise FileNotFoundError("no dcgan checkpoint: run `python -m export train dcgan` first")
-    latent_generator = LatentGenerator().to(device)
-    latent_generator.load_state_dict(state["ema"])
+    latent_generator = training.trained("dcgan", LatentGenerator(), device)
     decoder = vae.ScaledDecoder(from_onnx.load_vae()).to(device)
     return Generator(latent_generator, decoder).eval().requires_grad_(False)

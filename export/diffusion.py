@@ -151,12 +151,7 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
 
 
 def load_trained(device: torch.device | str = "cpu") -> UNet:
-    state = training.load_checkpoint("diffusion", device)
-    if state is None:
-        raise FileNotFoundError("no diffusion checkpoint: run `python -m export train diffusion` first")
-    unet = UNet().to(device)
-    unet.load_state_dict(state["ema"])
-    return unet.eval()
+    return training.trained("diffusion", UNet(), device)
 
 
 @torch.no_grad()

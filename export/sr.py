@@ -128,12 +128,7 @@ def train(steps: int, minutes: float, seed: int, device: torch.device) -> dict:
 
 
 def load_trained(device: torch.device | str = "cpu") -> Upscaler:
-    state = training.load_checkpoint("sr", device)
-    if state is None:
-        raise FileNotFoundError("no sr checkpoint: run `python -m export train sr` first")
-    model = Upscaler().to(device)
-    model.load_state_dict(state["ema"])
-    return model.eval()
+    return training.trained("sr", Upscaler(), device)
 
 
 # --- held-out figures: what docs/UPSCALE.md and the manifest report ---

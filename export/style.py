@@ -344,9 +344,4 @@ def train(steps: int, minutes: float, seed: int, device: torch.device) -> dict:
 
 
 def load_trained(device: torch.device | str = "cpu") -> Decoder:
-    state = training.load_checkpoint("style", device)
-    if state is None:
-        raise FileNotFoundError("no style checkpoint: run `python -m export train style` first")
-    decoder = Decoder().to(device)
-    decoder.load_state_dict(state["ema"])
-    return decoder.eval()
+    return training.trained("style", Decoder(), device)

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = data.CACHE_DIR / "checkpoints"
 CHECKPOINT_SECONDS = 120.0  # at most two minutes of work lost when a session is stopped
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -132,6 +134,16 @@ def load_checkpoint(name: str, device: torch.device | str = "cpu") -> dict | Non
         return None
     # generator states only unpickle on the CPU; load_state_dict moves tensors to their module
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def trained(name: str, module: M, device: torch.device | str = "cpu") -> M:
+    """`module` with the EMA weights of recipe `name`'s checkpoint, in eval mode."""
+    state = load_checkpoint(name, device)
+    if state is None:
+        raise FileNotFoundError(f"no {name} checkpoint: run `python -m export train {name}` first")
+    module = module.to(device)
+    module.load_state_dict(state["ema"])
+    return module.eval()
 
 
 def training_images(dataset: data.EmojiDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,9 +171,4 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
 
 
 def load_trained(device: torch.device | str = "cpu") -> VAE:
-    state = training.load_checkpoint("vae", device)
-    if state is None:
-        raise FileNotFoundError("no VAE checkpoint: run `python -m export train vae` first")
-    vae = VAE().to(device)
-    vae.load_state_dict(state["ema"])
-    return vae.eval()
+    return training.trained("vae", VAE(), device)
