@@ -26,7 +26,7 @@ from service.manifest import sha256_file
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
-VERSIONS = {"dcgan": "2.0.0", "gmm": "2.0.0"}  # new weights, same contract: old genomes are refused, not redrawn
+VERSIONS = {"dcgan": "2.1.0", "gmm": "2.0.0"}  # new weights, same contract: old genomes are refused, not redrawn
 RECIPES = {
     "vae": "python -m export train vae --seed 0 --steps {steps} --minutes {minutes:.0f}",
     "dcgan": "python -m export train dcgan --seed 0 --steps {steps} --minutes {minutes:.0f}",
