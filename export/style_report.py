@@ -175,10 +175,19 @@ def write_report() -> None:
     rows = scores(outputs)
     GRID.parent.mkdir(parents=True, exist_ok=True)
     grid(outputs).save(GRID, optimize=True)
-    figures = {"pairs": rows, "latency_s": latency, "machine": machine(),
+    figures = {"pairs": rows, "latency_s": latency, "machine": machine(), "commit": commit(),
                "measured": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()}
     FIGURES.write_text(json.dumps(figures, indent=1) + "\n")
     write_doc(figures)
+
+
+def commit() -> str:
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "export", "service", "models"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
 
 
 def machine() -> str:
@@ -204,6 +213,7 @@ def write_doc(figures: dict | None = None) -> None:
     training = manifest["training"]
     text = TEMPLATE.format(
         command=COMMAND, machine=figures["machine"], measured=figures["measured"], pairs=len(rows),
+        commit=figures.get("commit", "not recorded"),
         min_drop=min(drops), median_drop=float(np.median(drops)), met=len(met),
         missed=", ".join(f"{r['content']} in {r['style']} ({r['gram_drop']:.1%})" for r in rows if r not in met) or "none",
         table="\n".join(table), latency=", ".join(f"{side} px: {s:.2f} s" for side, s in figures["latency_s"].items()),
@@ -228,7 +238,7 @@ with the same contours rather than returning it unchanged."""
 TEMPLATE = """# Style transfer
 
 `POST /v1/style` renders an uploaded image in a built-in style or in the manner of a second uploaded image,
-at the content's own size (32 to 512 px a side; a larger upload is scaled down to 512). Method: adaptive
+at the content's own size (scaled down to at most 512 px on its longer side, then at least 32 px a side). Method: adaptive
 instance normalisation (Huang & Belongie 2017) on a pretrained encoder's features, with a decoder trained
 here: export/style.py says why (one model takes any uploaded style; per-style networks cannot).
 
@@ -265,7 +275,7 @@ immunohistochemistry texture were held out of training.
 
 ## Measured
 
-`{command}`: {machine}, {measured}. {pairs} content/style pairs through the service's Engine; the grid below
+`{command}`: {machine}, {measured}, tree at commit {commit}. {pairs} content/style pairs through the service's Engine; the grid below
 is made by the same command.
 
 ![A cat photo, a coffee photo and an emoji in four built-in styles and one uploaded style](samples/style_grid.png)
@@ -276,11 +286,11 @@ Gram-matrix distance to the style (relative Frobenius distance of Gram matrices 
 pretrained network) drops by {median_drop:.0%} in the median; {met} of {pairs} pairs drop by 30 % or more;
 below that: {missed}.
 
-Structure: in every pair the output's block-4 features correlate with the content's several times more than
-an unrelated photo's do (the two "feature corr." columns); least in `cosmos`, a nearly black style whose
+Structure: in every pair the output's block-4 features correlate with the content's more than an unrelated
+photo's do (2.3x to 11x) (the two "feature corr." columns); least in `cosmos`, a nearly black style whose
 statistics flatten most of the content. SSIM of luminance says less here: a stylised image repaints every local patch, so its SSIM
-against the content falls to or below that of an unrelated photo (`waves` and `cosmos` most), although the
-grid shows the content's outlines kept. Both figures are reported, neither is a target.
+against the content is near that of an unrelated photo (above it in `mosaic`, below it in the other styles,
+`waves` and `cosmos` most), although the grid shows the content's outlines kept. Both figures are reported, neither is a target.
 
 Latency of one request through the Engine (tiles, both batchers, AdaIN), median of 3, on this machine while
 idle: {latency}.

@@ -447,6 +447,7 @@ async def upscale_upload(engine: Engine, request: UpscaleRequest) -> Generated:
 
 async def stylise_upload(engine: Engine, request: StyleRequest) -> Generated:
     """An uploaded image in a built-in or uploaded style, at its own size (service/style.py)."""
+    style.validate(engine, request)  # a transport checked it already; an in-process caller may not have
     chosen = request.style if request.style is not None else to_unit(request.style_image)
     image = await style.stylise(engine, to_unit(request.image), chosen, request.strength)
     return Generated(to_uint8(image[None]), [0], [None], rules.STYLE_MODEL, engine.manifest(rules.STYLE_MODEL).version,

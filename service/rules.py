@@ -72,8 +72,8 @@ UPSCALE_FACTORS = (1, 4)
 MAX_UPSCALE_SIDE = 128
 
 # Style transfer (service/style.py): a content image up to MAX_STYLE_SIDE a side (a larger upload is scaled
-# down to it) in a built-in style or an uploaded one, which is seen at STYLE_IMAGE_SIDE on its longer side (the
-# scale its statistics were taken at in training: brush marks keep their size whatever the upload's).
+# down to it; MIN_STYLE_SIDE is checked after that) in a built-in style or an uploaded one, which is scaled down
+# (never up) to at most STYLE_IMAGE_SIDE on its longer side, the scale the built-in styles were measured at.
 STYLE_MODEL = "style"
 MAX_STYLE_SIDE = 512
 MIN_STYLE_SIDE = 32

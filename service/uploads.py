@@ -41,7 +41,6 @@ from service.errors import InvalidInput, Overloaded
 
 MAX_UPLOAD_BYTES = 4 * 2**20  # a 32x32 model needs far less; 4 MiB admits any ordinary photo or sketch
 MAX_UPLOAD_PIXELS = 4096 * 4096  # the header's claim is checked before decoding (decompression bombs)
-MAX_UPLOAD_SIDE = MAX_UPLOAD_PIXELS  # no side can exceed the pixel bound (a 1-px-high strip)
 IMAGE_SIZE = 32
 WHITE = (255, 255, 255)  # export/data.py's canvas
 # base64 needs 4 characters per 3 bytes; a data URL's short prefix fits in the slack
@@ -246,15 +245,39 @@ def _repaint_mask(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(small) < 128
 
 
-def decode_fitted(payload: bytes, what: str, side: int) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 RGB on white at the upload's own size, scaled down (never up) to at most `side` px on
-    its longer side, and the file's sha256: for the models that work at an image's size (style transfer).
-    Every check of `_open` first; a large upload is box-reduced by a whole factor before anything else."""
-    image = _open(payload, what)
+# EXIF orientation -> the transpose that shows the photo upright (a phone stores it sideways and says so)
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                  5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                  8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag, 1 (upright) when absent or unreadable: a broken EXIF block is no reason to refuse
+    pixels that decoded."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises whatever the bytes provoke
+        return 1
+
+
+def decode_fitted(payload: bytes, what: str, side: int,
+                  check: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 RGB on white at the upload's own size and orientation (EXIF), scaled down (never up) to
+    at most `side` px on its longer side, and the file's sha256: for the models that work at an image's size.
+    `check(width, height)` may refuse the upload by its header's size before any pixel is decoded; a large
+    JPEG decodes at libjpeg's reduced scale, other formats are box-reduced by a whole factor first."""
+    image = _checked(payload, what)
+    if check is not None:
+        check(*image.size)
+    image = _loaded(_drafted(image, side), what)
+    turn = EXIF_TRANSPOSE.get(_orientation(image))  # read before reduce() drops it
+    if image.mode.startswith("I"):  # 16- or 32-bit grey: keep the top 8 of 16 bits, not a clip at 255
+        image = Image.fromarray((np.clip(np.asarray(image, np.float64), 0, 65535) / 257).round().astype(np.uint8))
     factor = max(1, max(image.size) // side)
     if factor > 1:
         image = (image if image.mode in _REDUCIBLE_MODES else image.convert("RGBA")).reduce(factor)
-    rgba = image.convert("RGBA")
+    rgba = (image if turn is None else image.transpose(turn)).convert("RGBA")
     flat = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba).convert("RGB")
     if max(flat.size) > side:
         scale = side / max(flat.size)

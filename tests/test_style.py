@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import in_process
-from service import pipelines, rules, style
+from service import pipelines, rules, style, uploads
 from service.style import StyleRequest
 from service.tiles import Tiling
 from tests.test_upscale import b64, pixels_of, png_of
@@ -142,8 +142,9 @@ def test_an_uploaded_built_in_style_image_matches_the_built_in(engine):
     from export import style as recipe
 
     named = stylised(engine, StyleRequest(image=CONTENT, style="waves")).astype(int)
-    uploaded = stylised(engine, StyleRequest(image=CONTENT, style_image=recipe.built_in_image("waves"),
-                                             uploaded_style=True)).astype(int)
+    upload = png_of(Image.fromarray(recipe.built_in_image("waves")))  # as a client would send it
+    style_image, _ = uploads.decode_fitted(upload, "style_image", rules.STYLE_IMAGE_SIDE)
+    uploaded = stylised(engine, StyleRequest(image=CONTENT, style_image=style_image, uploaded_style=True)).astype(int)
     assert np.abs(named - uploaded).max() <= 2
 
 
@@ -223,3 +224,15 @@ def test_style_refuses_a_huge_body_and_stays_healthy(server):
     assert response.status_code == 413, response.text
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
     assert post_style(server, image=b64(png_of(scene(40, 40))), style="mosaic").status_code == 200
+
+
+def test_style_uploads_are_decoded_upright_and_at_their_depth():
+    """A phone photo stored sideways (EXIF orientation 6) comes out upright; a 16-bit grey PNG keeps its grey."""
+    photo = Image.new("RGB", (80, 40), "red")
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif.tobytes())
+    assert uploads.decode_fitted(buffer.getvalue(), "image", 512)[0].shape == (80, 40, 3)
+    grey = png_of(Image.fromarray(np.full((40, 60), 30000, np.uint16)))
+    assert abs(uploads.decode_fitted(grey, "image", 512)[0].mean() - 30000 / 257) < 1

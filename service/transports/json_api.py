@@ -170,10 +170,8 @@ async def upscale(body: UpscaleBody, request: Request) -> GenerateResponse:
 
 def upload_pixels(payload: bytes) -> tuple[np.ndarray, str]:
     """(H, W, 3) uint8 on white and the file's sha256, after every upload check (format, bytes, declared
-    pixels, corruption) and the upscaler's own size limit."""
-    pixels, sha256 = uploads.decode_fitted(payload, "image", uploads.MAX_UPLOAD_SIDE)
-    rules.check_upscale_size(pixels.shape[1], pixels.shape[0])
-    return pixels, sha256
+    pixels, corruption) and the upscaler's own size limit, which refuses by the header before decoding."""
+    return uploads.decode_fitted(payload, "image", rules.MAX_UPSCALE_SIDE, check=rules.check_upscale_size)
 
 
 @router.get("/models")

@@ -27,14 +27,15 @@ class StyleBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     image: Annotated[str, Field(min_length=1, max_length=uploads.MAX_UPLOAD_BASE64_CHARS,
-                                description=f"the content: a PNG, JPEG or WebP file as base64, at least "
-                                            f"{rules.MIN_STYLE_SIDE} px a side; a larger side than "
-                                            f"{rules.MAX_STYLE_SIDE} px is scaled down to it")]
+                                description=f"the content: a PNG, JPEG or WebP file as base64; scaled down to at "
+                                            f"most {rules.MAX_STYLE_SIDE} px on its longer side, after which "
+                                            f"both sides must be at least {rules.MIN_STYLE_SIDE} px")]
     style: Annotated[str | None, Field(max_length=rules.MAX_MODEL_NAME_CHARS,
                                        description="a built-in style (GET /v1/models, model `style`, `styles`)")] = None
     style_image: Annotated[str | None, Field(min_length=1, max_length=uploads.MAX_UPLOAD_BASE64_CHARS,
-                                             description="or any image as the style, as base64; seen at "
-                                                         f"{rules.STYLE_IMAGE_SIDE} px on its longer side")] = None
+                                             description="or any image as the style, as base64; scaled down to "
+                                                         f"at most {rules.STYLE_IMAGE_SIDE} px on its longer "
+                                                         "side")] = None
     strength: Annotated[float, bounded(rules.STYLE_STRENGTH)] = rules.STYLE_STRENGTH.default
     output: Literal["png", "raw"] = "png"
     priority: PriorityName = rules.DEFAULT_PRIORITY
