@@ -21,7 +21,6 @@ import datetime
 import json
 import logging
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from PIL import Image
 
 from export import data, dcgan, diffusion, from_onnx, gmm, judge, manifest, text, training, vae
+from export.provenance import tree_commit
 from service import pipelines, rules
 
 log = logging.getLogger(__name__)
@@ -328,12 +328,7 @@ def write_grid(rows: list[np.ndarray], path: Path) -> None:
 
 def provenance(device: torch.device) -> dict:
     """Command, commit, device and date stamped beside every figure (house rule 18)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--", "export"):
-        commit += " + uncommitted export/ changes"
+    commit = tree_commit("export")
     if device.type == "cuda":
         where = f"cuda ({torch.cuda.get_device_name(device)})"
     else:

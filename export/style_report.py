@@ -17,7 +17,6 @@ import asyncio
 import datetime
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from export import data, perceptual, style
+from export import data, perceptual, provenance, style
 
 log = logging.getLogger(__name__)
 
@@ -175,25 +174,11 @@ def write_report() -> None:
     rows = scores(outputs)
     GRID.parent.mkdir(parents=True, exist_ok=True)
     grid(outputs).save(GRID, optimize=True)
-    figures = {"pairs": rows, "latency_s": latency, "machine": machine(), "commit": commit(),
+    figures = {"pairs": rows, "latency_s": latency, "machine": provenance.machine(),
+               "commit": provenance.tree_commit("export", "service", "models"),
                "measured": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()}
     FIGURES.write_text(json.dumps(figures, indent=1) + "\n")
     write_doc(figures)
-
-
-def commit() -> str:
-    import subprocess
-
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "export", "service", "models"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
-
-
-def machine() -> str:
-    import onnxruntime as ort
-
-    return f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, onnxruntime {ort.__version__} CPUExecutionProvider"
 
 
 def write_doc(figures: dict | None = None) -> None:
@@ -292,8 +277,8 @@ statistics flatten most of the content. SSIM of luminance says less here: a styl
 against the content is near that of an unrelated photo (above it in `mosaic`, below it in the other styles,
 `waves` and `cosmos` most), although the grid shows the content's outlines kept. Both figures are reported, neither is a target.
 
-Latency of one request through the Engine (tiles, both batchers, AdaIN), median of 3, on this machine while
-idle: {latency}.
+Latency of one request through the Engine (tiles, both batchers, AdaIN), median of 3, on this machine (no
+training job running): {latency}.
 
 ## What the grid shows
 

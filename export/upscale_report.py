@@ -15,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
-import platform
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageDraw
 
-from export import data, manifest, perceptual, sr
+from export import data, manifest, perceptual, provenance, sr
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +139,6 @@ def sheet(columns: dict[str, np.ndarray], path: Path) -> None:
     canvas.save(path, optimize=True)
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} cores (shared with other jobs), onnxruntime {ort.__version__}"
-
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def write_report() -> dict:
     model_dir = manifest.MODELS_DIR / "sr"
     graph = session(model_dir / "upscaler.onnx")
@@ -162,7 +148,7 @@ def write_report() -> dict:
     log.info("held-out: %s", scores)
     timings = latency(graph)
     log.info("latency: %s", timings)
-    manifest.update_metrics(model_dir, {"held_out": scores, "latency_cpu": {"machine": machine(), **timings}})
+    manifest.update_metrics(model_dir, {"held_out": scores, "latency_cpu": {"machine": provenance.machine(), **timings}})
     pick = np.linspace(0, len(held_out) - 1, HELD_OUT_SAMPLES).round().astype(int)
     sheet({"32 px input": held_out.images32[pick], "bicubic": baseline[pick], "upscaler": upscaled[pick],
            "128 px truth": held_out.images128[pick]}, IMAGES_DIR / "held_out.png")
@@ -189,7 +175,7 @@ def markdown(entry: dict, scores: dict, timings: dict, measured_on: str, labels:
     return f"""# 4x super-resolution (models/sr)
 
 Figures measured by `{COMMAND}` and kept in models/sr/manifest.json; this page written from them on
-{datetime.date.today().isoformat()} (tree at commit {commit()}). Every figure is of `models/sr/upscaler.onnx`
+{datetime.date.today().isoformat()} (tree at commit {provenance.tree_commit()}). Every figure is of `models/sr/upscaler.onnx`
 (sha256 `{entry["files"]["upscaler.onnx"][:16]}...`) run by onnxruntime, as the service runs it.
 
 ## The model
