@@ -75,10 +75,10 @@ def skimage_file(name: str) -> Path:
 
 def skimage_rgb(name: str) -> np.ndarray:
     """(H, W, 3) uint8; grey textures become grey RGB, a logo's transparency becomes white."""
+    from service.uploads import on_white
+
     with Image.open(skimage_file(name)) as image:
-        rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        return np.asarray(on_white(image))
 
 
 def palette(rng: np.random.Generator, colours: int) -> np.ndarray:

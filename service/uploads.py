@@ -125,12 +125,16 @@ def _drafted(image: Image.Image, side: int) -> Image.Image:
 
 
 def _loaded(image: Image.Image, what: str) -> Image.Image:
+    """The upload's pixels decoded; 16- or 32-bit grey as 8-bit grey (the top 8 of 16 bits), which every later
+    conversion would otherwise clip at 255, turning a mid-grey image white."""
     try:
         image.load()
     except MemoryError:
         raise
     except Exception:
         raise InvalidInput(f"{what} is truncated or corrupt") from None
+    if image.mode.startswith("I"):
+        return Image.fromarray((np.clip(np.asarray(image, np.float64), 0, 65535) / 257).round().astype(np.uint8))
     return image
 
 
@@ -219,16 +223,24 @@ def _reduced(image: Image.Image) -> Image.Image:
     """The image box-reduced by a whole factor until its longer side is at most PREPARED_SIDE, before any
     other work and copy at full size: cost in proportion to its pixels, and the square it is padded to
     stays small whatever its aspect."""
-    factor = -(-max(image.size) // PREPARED_SIDE)  # ceiling division
-    if factor == 1:
+    return _box_reduced(image, -(-max(image.size) // PREPARED_SIDE))  # ceiling division
+
+
+def _box_reduced(image: Image.Image, factor: int) -> Image.Image:
+    """Each factor x factor box of pixels averaged into one (colour weighted by alpha)."""
+    if factor <= 1:
         return image
     return (image if image.mode in _REDUCIBLE_MODES else image.convert("RGBA")).reduce(factor)
 
 
+def on_white(image: Image.Image) -> Image.Image:
+    """RGB, its transparency composited on the training set's white canvas."""
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba).convert("RGB")
+
+
 def _model_input(image: Image.Image) -> np.ndarray:
-    rgba = _reduced(image).convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
-    flat = Image.alpha_composite(canvas, rgba).convert("RGB")
+    flat = on_white(_reduced(image))
     square = ImageOps.pad(flat, (max(flat.size),) * 2, color=WHITE)
     return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
 
@@ -272,13 +284,8 @@ def decode_fitted(payload: bytes, what: str, side: int,
         check(*image.size)
     image = _loaded(_drafted(image, side), what)
     turn = EXIF_TRANSPOSE.get(_orientation(image))  # read before reduce() drops it
-    if image.mode.startswith("I"):  # 16- or 32-bit grey: keep the top 8 of 16 bits, not a clip at 255
-        image = Image.fromarray((np.clip(np.asarray(image, np.float64), 0, 65535) / 257).round().astype(np.uint8))
-    factor = max(1, max(image.size) // side)
-    if factor > 1:
-        image = (image if image.mode in _REDUCIBLE_MODES else image.convert("RGBA")).reduce(factor)
-    rgba = (image if turn is None else image.transpose(turn)).convert("RGBA")
-    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba).convert("RGB")
+    image = _box_reduced(image, max(image.size) // side)  # at least `side` left for Lanczos below
+    flat = on_white(image if turn is None else image.transpose(turn))
     if max(flat.size) > side:
         scale = side / max(flat.size)
         flat = flat.resize((max(1, round(flat.size[0] * scale)), max(1, round(flat.size[1] * scale))),

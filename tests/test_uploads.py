@@ -154,3 +154,9 @@ def test_the_scan_bound_holds_for_a_jpeg_decoded_smaller():
 
     with pytest.raises(InvalidInput, match=f"JPEG of {uploads.MAX_JPEG_SCANS + 1} scans"):
         uploads.decode_edit(progressive_jpeg(2048, uploads.MAX_JPEG_SCANS + 1), None)
+
+
+def test_a_16_bit_grey_upload_keeps_its_grey_for_the_model():
+    """Pillow would clip 16-bit values at 255 in any conversion: a mid-grey image would reach the model white."""
+    mid_grey = png(Image.fromarray(np.full((48, 48), 30000, np.uint16)))  # square: no white padding
+    assert abs(uploads.decode_image(mid_grey).mean() - 30000 / 257) < 1
