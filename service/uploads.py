@@ -10,8 +10,8 @@ set's white canvas, reduced to at most PREPARED_SIDE a side, padded to a square 
 models' 32×32, as the emoji were when the models learnt them: the work is bounded by the upload's pixels
 whatever its aspect (a 16384×1024 strip is not padded to 16384² first).
 
-Decoding is CPU work of up to a few hundred ms, so transports run it with `decode_edit_off_loop`: in
-one thread beside the event loop (Pillow releases the GIL while it decodes and resizes), after
+Decoding is CPU work of up to a few hundred ms, so transports run it with `decoded`: in one thread
+beside the event loop (Pillow releases the GIL while it decodes and resizes), after
 admission, with at most MAX_WAITING_DECODES uploads waiting for it (429 past that).
 
 Masks follow OpenAI's convention: a PNG of the image's size with an alpha channel, whose fully
