@@ -148,7 +148,9 @@ def write_report() -> dict:
     log.info("held-out: %s", scores)
     timings = latency(graph)
     log.info("latency: %s", timings)
-    manifest.update_metrics(model_dir, {"held_out": scores, "latency_cpu": {"machine": provenance.machine(), **timings}})
+    measured = {"date": datetime.date.today().isoformat(), "commit": provenance.tree_commit()}
+    manifest.update_metrics(model_dir, {"held_out": scores, "measured": measured,
+                                        "latency_cpu": {"machine": provenance.machine(), **timings}})
     pick = np.linspace(0, len(held_out) - 1, HELD_OUT_SAMPLES).round().astype(int)
     sheet({"32 px input": held_out.images32[pick], "bicubic": baseline[pick], "upscaler": upscaled[pick],
            "128 px truth": held_out.images128[pick]}, IMAGES_DIR / "held_out.png")
@@ -164,18 +166,20 @@ def write_doc() -> None:
     entry = manifest.read(manifest.MODELS_DIR / "sr")
     timings = {key: value for key, value in entry["metrics"]["latency_cpu"].items() if key.startswith("batch")}
     DOC.write_text(markdown(entry, entry["metrics"]["held_out"], timings, entry["metrics"]["latency_cpu"]["machine"],
-                            sample_labels()))
+                            sample_labels(), entry["metrics"].get("measured", {})))
     log.info("wrote %s", DOC)
 
 
-def markdown(entry: dict, scores: dict, timings: dict, measured_on: str, labels: list[str]) -> str:
+def markdown(entry: dict, scores: dict, timings: dict, measured_on: str, labels: list[str], measured: dict) -> str:
+    """The page; `measured` is when and at which tree the figures were taken (a `--doc-only` rewrite keeps
+    them: it measures nothing)."""
     training, upscaler, bicubic = entry["training"], scores["upscaler"], scores["bicubic"]
     rows = "\n".join(f"| batch {key[5:]} | {value['median_ms']} | {value['p90_ms']} | {value['per_image_ms']} | "
                      f"{value['runs']} |" for key, value in timings.items())
     return f"""# 4x super-resolution (models/sr)
 
-Figures measured by `{COMMAND}` and kept in models/sr/manifest.json; this page written from them on
-{datetime.date.today().isoformat()} (tree at commit {provenance.tree_commit()}). Every figure is of `models/sr/upscaler.onnx`
+Figures measured by `{COMMAND}` on {measured.get("date", "a date not recorded")} (tree at commit
+{measured.get("commit", "not recorded")}) and kept in models/sr/manifest.json. Every figure is of `models/sr/upscaler.onnx`
 (sha256 `{entry["files"]["upscaler.onnx"][:16]}...`) run by onnxruntime, as the service runs it.
 
 ## The model
