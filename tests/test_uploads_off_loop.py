@@ -2,8 +2,8 @@
 its CPU-heavy steps wrapped to record whether they ran on the thread that runs the event loop and whether the
 request was admitted yet. Covered: sketch assist over JSON (the body's parse, its base64 and image decoding,
 the results' resize to the upload's size), sketch assist over OIP (the pixel rows made into uploads, the
-resize), and interpolation between two uploads. Each test fails if its work goes back on the loop, or no
-longer goes through the recorded step at all.
+resize), interpolation between two uploads, and style transfer's tiling and AdaIN. Each test fails if its
+work goes back on the loop, or no longer goes through the recorded step at all.
 
     .venv/bin/python -m pytest tests/test_uploads_off_loop.py -q
 """
