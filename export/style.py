@@ -35,6 +35,7 @@ from torch import nn
 
 from export import data, perceptual, training
 from service import rules
+from service.uploads import on_white
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def skimage_file(name: str) -> Path:
 
 def skimage_rgb(name: str) -> np.ndarray:
     """(H, W, 3) uint8; grey textures become grey RGB, a logo's transparency becomes white."""
-    from service.uploads import on_white
-
     with Image.open(skimage_file(name)) as image:
         return np.asarray(on_white(image))
 

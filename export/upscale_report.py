@@ -170,9 +170,9 @@ def write_doc() -> None:
     log.info("wrote %s", DOC)
 
 
-def markdown(entry: dict, scores: dict, timings: dict, measured_on: str, labels: list[str], measured: dict) -> str:
-    """The page; `measured` is when and at which tree the figures were taken (a `--doc-only` rewrite keeps
-    them: it measures nothing)."""
+def markdown(entry: dict, scores: dict, timings: dict, machine: str, labels: list[str], measured: dict) -> str:
+    """The page; `machine` is what measured the latency, `measured` when and at which tree the figures were
+    taken (a `--doc-only` rewrite keeps them: it measures nothing)."""
     training, upscaler, bicubic = entry["training"], scores["upscaler"], scores["bicubic"]
     rows = "\n".join(f"| batch {key[5:]} | {value['median_ms']} | {value['p90_ms']} | {value['per_image_ms']} | "
                      f"{value['runs']} |" for key, value in timings.items())
@@ -229,7 +229,7 @@ Columns: the generated 32 px image (4x nearest), Pillow bicubic, the cascade's 1
 ## Latency on this CPU
 
 onnxruntime CPUExecutionProvider, all cores, the service's session settings; each row is one run of
-that many 32 px inputs (a 128 px upload is 64 tiles: one run of batch 64). {measured_on}. The machine
+that many 32 px inputs (a 128 px upload is 64 tiles: one run of batch 64). {machine}. The machine
 was shared with other jobs while this ran, so the figures are upper bounds for an idle one.
 
 | | median ms per run | p90 ms | ms per image | runs |
