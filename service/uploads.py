@@ -139,18 +139,22 @@ def _loaded(image: Image.Image, what: str) -> Image.Image:
 
 
 def decode_image(payload: bytes, what: str = "image") -> np.ndarray:
-    """Upload bytes -> (32, 32, 3) uint8 RGB on white, the way the training emoji look."""
-    return _model_input(_loaded(_drafted(_checked(payload, what), PREPARED_SIDE), what))
+    """Upload bytes -> (32, 32, 3) uint8 RGB on white, upright (EXIF), the way the training emoji look."""
+    image = _loaded(_drafted(_checked(payload, what), PREPARED_SIDE), what)
+    return _model_input(image, _turn(image))
 
 
 def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> Edit:
     """An image and its optional mask, each decoded once: the image as `decode_image` gives it, the
-    mask as (32, 32) bool, True where the image is to be repainted."""
+    mask as (32, 32) bool, True where the image is to be repainted. Each is shown upright by its own
+    EXIF orientation, as a viewer or an editor shows it, and then they must be the same size."""
     image = _checked(image_payload, "image")
-    size = image.size  # the upload's own: a JPEG may decode smaller (`_drafted`)
+    stored = image.size  # the upload's own: a JPEG may decode smaller (`_drafted`)
     image = _loaded(_drafted(image, PREPARED_SIDE), "image")
-    mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), size)
-    return Edit(_model_input(image), mask, size, hashlib.sha256(image_payload).hexdigest())
+    turn = _turn(image)
+    size = _upright_size(stored, turn)
+    mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), size, turn)
+    return Edit(_model_input(image, turn), mask, size, hashlib.sha256(image_payload).hexdigest())
 
 
 def planned(mask_payload: bytes | None) -> dict[str, np.ndarray | None]:
@@ -239,19 +243,24 @@ def on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba).convert("RGB")
 
 
-def _model_input(image: Image.Image) -> np.ndarray:
-    flat = on_white(_reduced(image))
+def _model_input(image: Image.Image, turn: Image.Transpose | None) -> np.ndarray:
+    flat = on_white(_turned(_reduced(image), turn))  # turned once small: no full-size copy
     square = ImageOps.pad(flat, (max(flat.size),) * 2, color=WHITE)
     return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
-def _repaint_mask(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """A 32×32 pixel is repainted when most of the mask pixels it covers are fully transparent."""
-    if mask.size != size:
-        raise InvalidInput(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
+def _repaint_mask(mask: Image.Image, size: tuple[int, int], image_turn: Image.Transpose | None) -> np.ndarray:
+    """A 32×32 pixel is repainted when most of the mask pixels it covers are fully transparent. `size` is the
+    image's upright size; the mask is turned upright by its own EXIF orientation before it is compared."""
+    turn = _turn(mask)
+    upright = _upright_size(mask.size, turn)
+    if upright != size:
+        sideways = " (the image's EXIF orientation turns it upright; send the mask as the image is shown)"
+        raise InvalidInput(f"mask is {upright[0]}x{upright[1]} but the image is {size[0]}x{size[1]}"
+                           + (sideways if image_turn in _QUARTER_TURNS and upright == size[::-1] else ""))
     if "A" not in mask.getbands() and "transparency" not in mask.info:
         raise InvalidInput("mask needs an alpha channel: its fully transparent pixels mark the area to edit")
-    alpha = _reduced(mask if mask.mode in ("RGBA", "LA") else mask.convert("RGBA")).getchannel("A")
+    alpha = _turned(_reduced(mask if mask.mode in ("RGBA", "LA") else mask.convert("RGBA")), turn).getchannel("A")
     square = ImageOps.pad(alpha, (max(alpha.size),) * 2, color=255)  # padding is kept, like the image's
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)  # mean alpha per pixel
     return np.asarray(small) < 128
@@ -262,6 +271,23 @@ EXIF_ORIENTATION = 0x0112
 EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                   5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                   8: Image.Transpose.ROTATE_90}
+
+
+_QUARTER_TURNS = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                  Image.Transpose.ROTATE_90)  # these swap width and height
+
+
+def _turn(image: Image.Image) -> Image.Transpose | None:
+    """What shows the image upright, None when it already is: read before `reduce()` drops the EXIF."""
+    return EXIF_TRANSPOSE.get(_orientation(image))
+
+
+def _turned(image: Image.Image, turn: Image.Transpose | None) -> Image.Image:
+    return image if turn is None else image.transpose(turn)
+
+
+def _upright_size(size: tuple[int, int], turn: Image.Transpose | None) -> tuple[int, int]:
+    return (size[1], size[0]) if turn in _QUARTER_TURNS else size
 
 
 def _orientation(image: Image.Image) -> int:
@@ -283,9 +309,9 @@ def decode_fitted(payload: bytes, what: str, side: int,
     if check is not None:
         check(*image.size)
     image = _loaded(_drafted(image, side), what)
-    turn = EXIF_TRANSPOSE.get(_orientation(image))  # read before reduce() drops it
+    turn = _turn(image)
     image = _box_reduced(image, max(image.size) // side)  # at least `side` left for Lanczos below
-    flat = on_white(image if turn is None else image.transpose(turn))
+    flat = on_white(_turned(image, turn))
     if max(flat.size) > side:
         scale = side / max(flat.size)
         flat = flat.resize((max(1, round(flat.size[0] * scale)), max(1, round(flat.size[1] * scale))),

@@ -119,10 +119,11 @@ def drawing(size: tuple[int, int]) -> Image.Image:
 @pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
 def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(options, monkeypatch):
     payload = jpeg(drawing((4096, 3072)), **options)
-    full = uploads._model_input(uploads._open(payload, "image"))  # every pixel decoded, then reduced
+    full = uploads._model_input(uploads._open(payload, "image"), None)  # every pixel decoded, then reduced
     decoded_sizes = []
     real_model_input = uploads._model_input
-    monkeypatch.setattr(uploads, "_model_input", lambda image: decoded_sizes.append(image.size) or real_model_input(image))
+    monkeypatch.setattr(uploads, "_model_input",
+                        lambda image, turn: decoded_sizes.append(image.size) or real_model_input(image, turn))
     edit = uploads.decode_edit(payload, None)
     assert edit.size == (4096, 3072)  # the upload's own size, for the answer's aspect and the mask's check
     assert decoded_sizes == [(512, 384)]  # libjpeg's 1/8 scale: never below PREPARED_SIDE on the longer side
@@ -133,7 +134,8 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(options, 
 def test_a_small_jpeg_and_other_formats_decode_at_full_size(monkeypatch):
     decoded_sizes = []
     real_model_input = uploads._model_input
-    monkeypatch.setattr(uploads, "_model_input", lambda image: decoded_sizes.append(image.size) or real_model_input(image))
+    monkeypatch.setattr(uploads, "_model_input",
+                        lambda image, turn: decoded_sizes.append(image.size) or real_model_input(image, turn))
     uploads.decode_edit(jpeg(drawing((300, 200))), None)
     uploads.decode_edit(png(drawing((1024, 1024))), None)
     assert decoded_sizes == [(300, 200), (1024, 1024)]
@@ -160,3 +162,42 @@ def test_a_16_bit_grey_upload_keeps_its_grey_for_the_model():
     """Pillow would clip 16-bit values at 255 in any conversion: a mid-grey image would reach the model white."""
     mid_grey = png(Image.fromarray(np.full((48, 48), 30000, np.uint16)))  # square: no white padding
     assert abs(uploads.decode_image(mid_grey).mean() - 30000 / 257) < 1
+
+
+def sideways(image: Image.Image, orientation: int, save=jpeg) -> bytes:
+    """`image` stored as a phone stores it: pixels turned, an EXIF orientation saying how to turn them back."""
+    undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    stored = image.transpose(undo)
+    exif = stored.getexif()
+    exif[uploads.EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG" if save is png else "JPEG", exif=exif.tobytes(),
+                **({} if save is png else {"quality": 90}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_photo_stored_sideways_reaches_the_model_upright(orientation):
+    """A phone stores a portrait photo's pixels sideways and says so in EXIF: the model, the answer's aspect and the
+    mask check all see the photo as a viewer shows it, the same as the photo stored upright."""
+    photo = drawing((120, 80))
+    upright, turned = uploads.decode_edit(jpeg(photo), None), uploads.decode_edit(sideways(photo, orientation), None)
+    assert turned.size == upright.size == (120, 80)
+    difference = np.abs(turned.image.astype(int) - upright.image.astype(int))
+    assert difference.mean() < 3, difference.mean()  # JPEG noise only; turned wrongly, 87 (180°) or 95 (90°)
+    assert np.abs(uploads.decode_image(sideways(photo, orientation)).astype(int) - upright.image).mean() < 3
+
+
+def test_a_mask_is_compared_with_the_image_as_it_is_shown():
+    """Image and mask are each turned upright by their own EXIF orientation; a mask of the stored, sideways size
+    is refused with a reason, and an upright mask marks the same pixels whichever way the image is stored."""
+    photo = drawing((120, 80))
+    mask = Image.new("RGBA", (120, 80), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 60, 80))  # the left half repainted
+    upright = uploads.decode_edit(jpeg(photo), png(mask))
+    stored_sideways = uploads.decode_edit(sideways(photo, 6), png(mask))
+    mask_sideways_too = uploads.decode_edit(sideways(photo, 6), sideways(mask, 6, save=png))
+    assert upright.mask[10:22, :14].all() and not upright.mask[:, 18:].any()
+    assert np.array_equal(stored_sideways.mask, upright.mask) and np.array_equal(mask_sideways_too.mask, upright.mask)
+    with pytest.raises(InvalidInput, match="mask is 80x120 but the image is 120x80 .*EXIF orientation"):
+        uploads.decode_edit(sideways(photo, 6), png(mask.transpose(Image.Transpose.ROTATE_90)))
