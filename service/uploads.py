@@ -74,7 +74,7 @@ class Edit:
 
     image: np.ndarray  # (32, 32, 3) uint8 RGB on white
     mask: np.ndarray | None  # (32, 32) bool, True = repaint
-    size: tuple[int, int]  # the upload's (width, height)
+    size: tuple[int, int]  # the upload's (width, height) as shown, upright by its EXIF orientation
     sha256: str  # of the uploaded image's bytes, for provenance
 
 
@@ -134,7 +134,10 @@ def _loaded(image: Image.Image, what: str) -> Image.Image:
     except Exception:
         raise InvalidInput(f"{what} is truncated or corrupt") from None
     if image.mode.startswith("I"):
-        return Image.fromarray((np.clip(np.asarray(image, np.float64), 0, 65535) / 257).round().astype(np.uint8))
+        grey = Image.fromarray((np.clip(np.asarray(image, np.float64), 0, 65535) / 257).round().astype(np.uint8))
+        if "exif" in image.info:  # the orientation travels with the pixels (`_turn` reads it next)
+            grey.info["exif"] = image.info["exif"]
+        return grey
     return image
 
 
@@ -206,7 +209,7 @@ def from_base64(text: str, what: str = "image") -> bytes:
 
 
 def restore_aspect(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, 32, 32, 3) results -> (N, H, W, 3) at the upload's (width, height), scaled down to at most
+    """(N, 32, 32, 3) results -> (N, H, W, 3) at the upload's upright (width, height), scaled down to at most
     MAX_RETURN_SIDE on the longer side: the padding `decode_edit` added to make the upload square is
     cropped off, so the result has the upload's aspect again."""
     width, height = size
@@ -260,7 +263,8 @@ def _repaint_mask(mask: Image.Image, size: tuple[int, int], image_turn: Image.Tr
                            + (sideways if image_turn in _QUARTER_TURNS and upright == size[::-1] else ""))
     if "A" not in mask.getbands() and "transparency" not in mask.info:
         raise InvalidInput("mask needs an alpha channel: its fully transparent pixels mark the area to edit")
-    alpha = _turned(_reduced(mask if mask.mode in ("RGBA", "LA") else mask.convert("RGBA")), turn).getchannel("A")
+    rgba = mask if mask.mode in ("RGBA", "LA") else mask.convert("RGBA")
+    alpha = _turned(_reduced(rgba), turn).getchannel("A")
     square = ImageOps.pad(alpha, (max(alpha.size),) * 2, color=255)  # padding is kept, like the image's
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)  # mean alpha per pixel
     return np.asarray(small) < 128

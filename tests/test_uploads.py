@@ -166,7 +166,8 @@ def test_a_16_bit_grey_upload_keeps_its_grey_for_the_model():
 
 def sideways(image: Image.Image, orientation: int, save=jpeg) -> bytes:
     """`image` stored as a phone stores it: pixels turned, an EXIF orientation saying how to turn them back."""
-    undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270}[orientation]
     stored = image.transpose(undo)
     exif = stored.getexif()
     exif[uploads.EXIF_ORIENTATION] = orientation
@@ -178,19 +179,28 @@ def sideways(image: Image.Image, orientation: int, save=jpeg) -> bytes:
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_a_photo_stored_sideways_reaches_the_model_upright(orientation):
-    """A phone stores a portrait photo's pixels sideways and says so in EXIF: the model, the answer's aspect and the
-    mask check all see the photo as a viewer shows it, the same as the photo stored upright."""
+    """A phone stores a portrait photo's pixels sideways and says so in EXIF: the model, the answer's aspect
+    and the mask check all see the photo as a viewer shows it, the same as the photo stored upright."""
     photo = drawing((120, 80))
-    upright, turned = uploads.decode_edit(jpeg(photo), None), uploads.decode_edit(sideways(photo, orientation), None)
+    upright = uploads.decode_edit(jpeg(photo), None)
+    turned = uploads.decode_edit(sideways(photo, orientation), None)
     assert turned.size == upright.size == (120, 80)
     difference = np.abs(turned.image.astype(int) - upright.image.astype(int))
     assert difference.mean() < 3, difference.mean()  # JPEG noise only; turned wrongly, 87 (180°) or 95 (90°)
     assert np.abs(uploads.decode_image(sideways(photo, orientation)).astype(int) - upright.image).mean() < 3
+    # a PNG says it too, and a 16-bit grey one keeps it through the conversion to 8 bits
+    as_png = uploads.decode_edit(sideways(photo, orientation, save=png), None)
+    assert as_png.size == (120, 80) and np.abs(as_png.image.astype(int) - upright.image).mean() < 3
+    grey = Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257))
+    grey_upright = uploads.decode_image(png(grey)).astype(int)
+    grey_turned = uploads.decode_image(sideways(grey, orientation, save=png)).astype(int)
+    assert np.abs(grey_turned - grey_upright).mean() < 1
 
 
 def test_a_mask_is_compared_with_the_image_as_it_is_shown():
-    """Image and mask are each turned upright by their own EXIF orientation; a mask of the stored, sideways size
-    is refused with a reason, and an upright mask marks the same pixels whichever way the image is stored."""
+    """Image and mask are each turned upright by their own EXIF orientation; a mask of the stored, sideways
+    size is refused with a reason, and an upright mask marks the same pixels whichever way the image is
+    stored."""
     photo = drawing((120, 80))
     mask = Image.new("RGBA", (120, 80), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 60, 80))  # the left half repainted
@@ -198,6 +208,7 @@ def test_a_mask_is_compared_with_the_image_as_it_is_shown():
     stored_sideways = uploads.decode_edit(sideways(photo, 6), png(mask))
     mask_sideways_too = uploads.decode_edit(sideways(photo, 6), sideways(mask, 6, save=png))
     assert upright.mask[10:22, :14].all() and not upright.mask[:, 18:].any()
-    assert np.array_equal(stored_sideways.mask, upright.mask) and np.array_equal(mask_sideways_too.mask, upright.mask)
+    assert np.array_equal(stored_sideways.mask, upright.mask)
+    assert np.array_equal(mask_sideways_too.mask, upright.mask)
     with pytest.raises(InvalidInput, match="mask is 80x120 but the image is 120x80 .*EXIF orientation"):
         uploads.decode_edit(sideways(photo, 6), png(mask.transpose(Image.Transpose.ROTATE_90)))
