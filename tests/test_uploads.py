@@ -197,6 +197,19 @@ def test_a_photo_stored_sideways_reaches_the_model_upright(orientation):
     assert np.abs(grey_turned - grey_upright).mean() < 1
 
 
+def test_a_large_photo_stored_sideways_is_decoded_at_reduced_scale_and_upright(monkeypatch):
+    """The EXIF orientation survives libjpeg's reduced-scale decoding (`_drafted`)."""
+    photo = drawing((2048, 1536))
+    decoded_sizes = []
+    real_model_input = uploads._model_input
+    monkeypatch.setattr(uploads, "_model_input",
+                        lambda image, turn: decoded_sizes.append(image.size) or real_model_input(image, turn))
+    upright, turned = uploads.decode_edit(jpeg(photo), None), uploads.decode_edit(sideways(photo, 6), None)
+    assert decoded_sizes == [(256, 192), (192, 256)]  # 1/8 scale, the second one stored sideways
+    assert turned.size == upright.size == (2048, 1536)
+    assert np.abs(turned.image.astype(int) - upright.image.astype(int)).mean() < 3
+
+
 def test_a_mask_is_compared_with_the_image_as_it_is_shown():
     """Image and mask are each turned upright by their own EXIF orientation; a mask of the stored, sideways
     size is refused with a reason, and an upright mask marks the same pixels whichever way the image is
