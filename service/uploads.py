@@ -277,8 +277,7 @@ EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_
                   8: Image.Transpose.ROTATE_90}
 
 
-_QUARTER_TURNS = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
-                  Image.Transpose.ROTATE_90)  # these swap width and height
+_QUARTER_TURNS = tuple(EXIF_TRANSPOSE[orientation] for orientation in (5, 6, 7, 8))  # they swap width, height
 
 
 def _turn(image: Image.Image) -> Image.Transpose | None:

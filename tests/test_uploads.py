@@ -116,14 +116,20 @@ def drawing(size: tuple[int, int]) -> Image.Image:
     return image
 
 
+def recorded_decode_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The size of each image as decoded, before it is reduced to the model's input: appended per decode."""
+    sizes = []
+    real_model_input = uploads._model_input
+    monkeypatch.setattr(uploads, "_model_input",
+                        lambda image, turn: sizes.append(image.size) or real_model_input(image, turn))
+    return sizes
+
+
 @pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
 def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(options, monkeypatch):
     payload = jpeg(drawing((4096, 3072)), **options)
     full = uploads._model_input(uploads._open(payload, "image"), None)  # every pixel decoded, then reduced
-    decoded_sizes = []
-    real_model_input = uploads._model_input
-    monkeypatch.setattr(uploads, "_model_input",
-                        lambda image, turn: decoded_sizes.append(image.size) or real_model_input(image, turn))
+    decoded_sizes = recorded_decode_sizes(monkeypatch)
     edit = uploads.decode_edit(payload, None)
     assert edit.size == (4096, 3072)  # the upload's own size, for the answer's aspect and the mask's check
     assert decoded_sizes == [(512, 384)]  # libjpeg's 1/8 scale: never below PREPARED_SIDE on the longer side
@@ -132,10 +138,7 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(options, 
 
 
 def test_a_small_jpeg_and_other_formats_decode_at_full_size(monkeypatch):
-    decoded_sizes = []
-    real_model_input = uploads._model_input
-    monkeypatch.setattr(uploads, "_model_input",
-                        lambda image, turn: decoded_sizes.append(image.size) or real_model_input(image, turn))
+    decoded_sizes = recorded_decode_sizes(monkeypatch)
     uploads.decode_edit(jpeg(drawing((300, 200))), None)
     uploads.decode_edit(png(drawing((1024, 1024))), None)
     assert decoded_sizes == [(300, 200), (1024, 1024)]
@@ -164,7 +167,7 @@ def test_a_16_bit_grey_upload_keeps_its_grey_for_the_model():
     assert abs(uploads.decode_image(mid_grey).mean() - 30000 / 257) < 1
 
 
-def sideways(image: Image.Image, orientation: int, save=jpeg) -> bytes:
+def sideways(image: Image.Image, orientation: int, image_format: str = "JPEG") -> bytes:
     """`image` stored as a phone stores it: pixels turned, an EXIF orientation saying how to turn them back."""
     undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
             8: Image.Transpose.ROTATE_270}[orientation]
@@ -172,8 +175,8 @@ def sideways(image: Image.Image, orientation: int, save=jpeg) -> bytes:
     exif = stored.getexif()
     exif[uploads.EXIF_ORIENTATION] = orientation
     buffer = io.BytesIO()
-    stored.save(buffer, format="PNG" if save is png else "JPEG", exif=exif.tobytes(),
-                **({} if save is png else {"quality": 90}))
+    quality = {"quality": 90} if image_format == "JPEG" else {}
+    stored.save(buffer, format=image_format, exif=exif.tobytes(), **quality)
     return buffer.getvalue()
 
 
@@ -189,21 +192,18 @@ def test_a_photo_stored_sideways_reaches_the_model_upright(orientation):
     assert difference.mean() < 3, difference.mean()  # JPEG noise only; turned wrongly, 87 (180°) or 95 (90°)
     assert np.abs(uploads.decode_image(sideways(photo, orientation)).astype(int) - upright.image).mean() < 3
     # a PNG says it too, and a 16-bit grey one keeps it through the conversion to 8 bits
-    as_png = uploads.decode_edit(sideways(photo, orientation, save=png), None)
+    as_png = uploads.decode_edit(sideways(photo, orientation, image_format="PNG"), None)
     assert as_png.size == (120, 80) and np.abs(as_png.image.astype(int) - upright.image).mean() < 3
     grey = Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257))
     grey_upright = uploads.decode_image(png(grey)).astype(int)
-    grey_turned = uploads.decode_image(sideways(grey, orientation, save=png)).astype(int)
+    grey_turned = uploads.decode_image(sideways(grey, orientation, image_format="PNG")).astype(int)
     assert np.abs(grey_turned - grey_upright).mean() < 1
 
 
 def test_a_large_photo_stored_sideways_is_decoded_at_reduced_scale_and_upright(monkeypatch):
     """The EXIF orientation survives libjpeg's reduced-scale decoding (`_drafted`)."""
     photo = drawing((2048, 1536))
-    decoded_sizes = []
-    real_model_input = uploads._model_input
-    monkeypatch.setattr(uploads, "_model_input",
-                        lambda image, turn: decoded_sizes.append(image.size) or real_model_input(image, turn))
+    decoded_sizes = recorded_decode_sizes(monkeypatch)
     upright, turned = uploads.decode_edit(jpeg(photo), None), uploads.decode_edit(sideways(photo, 6), None)
     assert decoded_sizes == [(256, 192), (192, 256)]  # 1/8 scale, the second one stored sideways
     assert turned.size == upright.size == (2048, 1536)
@@ -219,7 +219,7 @@ def test_a_mask_is_compared_with_the_image_as_it_is_shown():
     mask.paste((0, 0, 0, 0), (0, 0, 60, 80))  # the left half repainted
     upright = uploads.decode_edit(jpeg(photo), png(mask))
     stored_sideways = uploads.decode_edit(sideways(photo, 6), png(mask))
-    mask_sideways_too = uploads.decode_edit(sideways(photo, 6), sideways(mask, 6, save=png))
+    mask_sideways_too = uploads.decode_edit(sideways(photo, 6), sideways(mask, 6, image_format="PNG"))
     assert upright.mask[10:22, :14].all() and not upright.mask[:, 18:].any()
     assert np.array_equal(stored_sideways.mask, upright.mask)
     assert np.array_equal(mask_sideways_too.mask, upright.mask)
