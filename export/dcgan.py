@@ -16,7 +16,11 @@ played in latent space, where a step costs milliseconds:
 - data: posterior samples (mean + std * noise) of every training image and its mirror image,
   drawn afresh each step, plus a one-latent-pixel translation applied to real and fake alike
   (DiffAugment, Zhao et al. 2020), so 3.2 k images do not let the discriminator memorise;
-- R1 gradient penalty on real latents (Mescheder et al. 2018) and an EMA of the generator.
+- R1 gradient penalty on real latents (Mescheder et al. 2018) and an EMA of the generator;
+- bfloat16 autocast around both networks (this CPU has AMX) and no weight gradients for the
+  discriminator in the generator's step: 0.09 s a step in the recipe's loop instead of 0.14 s, so
+  the hour buys 1.6x the steps. Six-minute pilots, same judge: float32 2,596 steps, excess 393;
+  bfloat16 at batch 64, 4,176 steps, 352; at batch 128, 2,651 steps, 377. The batch stays 64.
 
 The served `generate` function is this generator followed by the committed VAE decoder, so the
 contract (z, class_id -> 32x32 image in [-1, 1]) is unchanged.
@@ -40,6 +44,7 @@ NUM_CLASSES = len(data.GROUPS)
 Z_DIM = 128
 R1_WEIGHT = 0.1
 R1_EVERY = 4  # lazy regularisation (Karras et al. 2020): the penalty on every 4th step, scaled by 4
+PRECISION = "bfloat16 autocast (float32 weights)"  # recorded in the manifest
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -128,6 +133,11 @@ def translate(latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return padded[:, :, 1 + dy:1 + dy + latents.shape[2], 1 + dx:1 + dx + latents.shape[3]]
 
 
+def mixed_precision(device: torch.device) -> torch.autocast:
+    """bfloat16 convolutions; weights, optimiser state and losses stay float32 (why: the docstring above)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64) -> dict:
     from export import diffusion, from_onnx  # the committed VAE, as served: its latents are what the decoder knows
 
@@ -135,7 +145,8 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
     images, labels = training.training_images(data.load(), device)
     means, stds = diffusion.encode_dataset(from_onnx.load_vae().to(device), images)
     labels = torch.cat([labels, labels])
-    gen, disc = LatentGenerator().to(device), Discriminator().to(device)
+    gen = LatentGenerator().to(device, memory_format=torch.channels_last)
+    disc = Discriminator().to(device, memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
     ema = training.EMA(gen, decay=0.999)
@@ -147,23 +158,27 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         idx = sampler(batch).to(device)
         noise = torch.randn(means[idx].shape, generator=generator).to(device)
         real, class_id = means[idx] + stds[idx] * noise, labels[idx]
-        fake = gen(torch.randn(batch, Z_DIM, generator=generator).to(device), class_id)
-        real_aug = translate(real, generator).requires_grad_(run.step % R1_EVERY == 0)
-        real_score = disc(real_aug, class_id)
-        loss_d = (torch.relu(1 - real_score).mean()
-                  + torch.relu(1 + disc(translate(fake.detach(), generator), class_id)).mean())
+        with mixed_precision(device):
+            fake = gen(torch.randn(batch, Z_DIM, generator=generator).to(device), class_id)
+            real_aug = translate(real, generator).requires_grad_(run.step % R1_EVERY == 0)
+            real_score = disc(real_aug, class_id).float()
+            loss_d = (torch.relu(1 - real_score).mean()
+                      + torch.relu(1 + disc(translate(fake.detach(), generator), class_id).float()).mean())
         if real_aug.requires_grad:
             grad, = torch.autograd.grad(real_score.sum(), real_aug, create_graph=True)
-            loss_d = loss_d + R1_EVERY * R1_WEIGHT / 2 * grad.pow(2).sum(dim=(1, 2, 3)).mean()
+            loss_d = loss_d + R1_EVERY * R1_WEIGHT / 2 * grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
         opt_d.zero_grad(set_to_none=True), loss_d.backward(), opt_d.step()
-        loss_g = -disc(translate(fake, generator), class_id).mean()
+        disc.requires_grad_(False)  # the generator's step needs no weight gradients of the discriminator
+        with mixed_precision(device):
+            loss_g = -disc(translate(fake, generator), class_id).float().mean()
         opt_g.zero_grad(set_to_none=True), loss_g.backward(), opt_g.step(), ema.update(gen)
+        disc.requires_grad_(True)
         run.advance()
         if run.step % 1000 == 0:
             log.info("dcgan step %d loss_d %.3f loss_g %.3f (%.1f min)", run.step, loss_d.item(), loss_g.item(),
                      run.minutes())
     recalibrate_batch_norm(ema.module, generator, device)
-    state = run.save()
+    state = run.save(precision=PRECISION)
     log.info("dcgan done: %d steps in %.1f min", run.step, state["minutes"])
     return state
 

@@ -26,7 +26,7 @@ from service.manifest import sha256_file
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
-VERSIONS = {"dcgan": "2.1.0", "gmm": "2.0.0"}  # new weights, same contract: old genomes are refused, not redrawn
+VERSIONS = {"dcgan": "2.2.0", "gmm": "2.0.0"}  # new weights, same contract: old genomes are refused, not redrawn
 RECIPES = {
     "vae": "python -m export train vae --seed 0 --steps {steps} --minutes {minutes:.0f}",
     "dcgan": "python -m export train dcgan --seed 0 --steps {steps} --minutes {minutes:.0f}",
@@ -45,6 +45,8 @@ def training_record(name: str, state: dict | None) -> dict:
         record.update(recipe=RECIPES[name].format(steps=state["step"], minutes=max(60.0, state["minutes"] + 0.5)),
                       steps=state["step"], minutes=round(state["minutes"], 2), device=state.get("device", "cpu"),
                       torch=torch.__version__)
+        if "precision" in state:
+            record["precision"] = state["precision"]
     return record
 
 

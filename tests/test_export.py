@@ -178,6 +178,9 @@ def test_each_family_trains_exactly_the_requested_steps_and_records_them(publish
         assert (record["steps"], record["seed"], record["device"]) == (2, 0, "cpu")
         assert record["data"]["font_sha256"] == data.sha256_file(data.FONT_PATH)
         assert record["recipe"].startswith(f"python -m export train {name} --seed 0")
+    # the GAN trains in bfloat16 autocast and says so; the others train in float32 and record nothing
+    assert [published.manifests[name]["training"].get("precision") for name in GRAPH_FAMILIES] == [
+        dcgan.PRECISION if name == "dcgan" else None for name in GRAPH_FAMILIES]
 
 
 @pytest.mark.parametrize("name", GRAPH_FAMILIES)
