@@ -616,8 +616,9 @@ def manifest_rows(entry: dict) -> list[str]:
     training_block, metrics = entry["training"], entry["metrics"]
     rows = [f"| parameters | {metrics['parameters']:,} |", f"| recipe | `{training_block['recipe']}` |"]
     if "steps" in training_block:
+        precision = f", {training_block['precision']}" if "precision" in training_block else ""
         rows.append(f"| trained | {training_block['steps']} steps, {training_block['minutes']} min, "
-                    f"device {training_block['device']} |")
+                    f"device {training_block['device']}{precision} |")
     for function, figures in metrics.get("export", {}).items():
         parity = figures["parity_max_abs"]
         rows.append(f"| `{function}` ONNX vs torch, max abs diff (batch 1 / 16) | {parity['batch1']:.1e} / "

@@ -43,8 +43,9 @@ invent what it lost: the vampire's fangs stay a grey smudge, the crane has fewer
 the flag's star emblem is a blob, and skin edges are sometimes slightly wavy. On generated images it gives
 clean outlines and flat, smooth fills: the diffusion heart, cat face and pizza look like cleaner drawings
 than bicubic's blur (the cat's eyes and mouth sharp dark shapes), while what the base model got wrong stays
-wrong, only crisper ('rocket' drew a red blob); the GAN's own blotchy samples come out as crisp-edged
-blotches, a slightly posterised, cel-shaded look rather than new detail."""
+wrong, only crisper ('rocket' drew a red blob); the GAN's face (dcgan 2.2.0) comes out as clean as
+diffusion's, and its blotchy animal and travel samples as crisp-edged blotches, a slightly posterised,
+cel-shaded look rather than new detail."""
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
