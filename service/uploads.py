@@ -141,10 +141,17 @@ def _loaded(image: Image.Image, what: str) -> Image.Image:
     return image
 
 
+def _pixels_and_turn(image: Image.Image, side: int, what: str) -> tuple[Image.Image, Image.Transpose | None]:
+    """The checked upload's pixels (a large JPEG at reduced scale) and the turn that shows them upright: the
+    orientation is read once the pixels are loaded (a PNG may store it after them) and before `reduce()`
+    drops it."""
+    image = _loaded(_drafted(image, side), what)
+    return image, _turn(image)
+
+
 def decode_image(payload: bytes, what: str = "image") -> np.ndarray:
     """Upload bytes -> (32, 32, 3) uint8 RGB on white, upright (EXIF), the way the training emoji look."""
-    image = _loaded(_drafted(_checked(payload, what), PREPARED_SIDE), what)
-    return _model_input(image, _turn(image))
+    return _model_input(*_pixels_and_turn(_checked(payload, what), PREPARED_SIDE, what))
 
 
 def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> Edit:
@@ -153,8 +160,7 @@ def decode_edit(image_payload: bytes, mask_payload: bytes | None) -> Edit:
     EXIF orientation, as a viewer or an editor shows it, and then they must be the same size."""
     image = _checked(image_payload, "image")
     stored = image.size  # the upload's own: a JPEG may decode smaller (`_drafted`)
-    image = _loaded(_drafted(image, PREPARED_SIDE), "image")
-    turn = _turn(image)
+    image, turn = _pixels_and_turn(image, PREPARED_SIDE, "image")
     size = _upright_size(stored, turn)
     mask = None if mask_payload is None else _repaint_mask(_open(mask_payload, "mask"), size, turn)
     return Edit(_model_input(image, turn), mask, size, hashlib.sha256(image_payload).hexdigest())
@@ -281,7 +287,7 @@ _QUARTER_TURNS = tuple(EXIF_TRANSPOSE[orientation] for orientation in (5, 6, 7, 
 
 
 def _turn(image: Image.Image) -> Image.Transpose | None:
-    """What shows the image upright, None when it already is: read before `reduce()` drops the EXIF."""
+    """What shows the image upright, None when it already is."""
     return EXIF_TRANSPOSE.get(_orientation(image))
 
 
@@ -311,8 +317,7 @@ def decode_fitted(payload: bytes, what: str, side: int,
     image = _checked(payload, what)
     if check is not None:
         check(*image.size)
-    image = _loaded(_drafted(image, side), what)
-    turn = _turn(image)
+    image, turn = _pixels_and_turn(image, side, what)
     image = _box_reduced(image, max(image.size) // side)  # at least `side` left for Lanczos below
     flat = on_white(_turned(image, turn))
     if max(flat.size) > side:
