@@ -33,6 +33,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     train.add_argument("--steps", type=int, default=1_000_000, help="step budget")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--image-from-step", type=int, default=None,
+                       help="dcgan only: add a discriminator on decoded images from this step (default: never)")
     onnx = commands.add_parser("onnx", help="export checkpoints to models/")
     onnx.add_argument("name", choices=PUBLISHABLE)
     commands.add_parser("verify", help="check models/ against the manifests")
@@ -115,7 +117,8 @@ def train(args: argparse.Namespace) -> int:
     from export import dcgan, diffusion, sr, style, vae
 
     module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "sr": sr, "style": style}[args.name]
-    module.train(args.steps, args.minutes, args.seed, device)
+    phases = {"image_from_step": args.image_from_step} if args.name == "dcgan" else {}
+    module.train(args.steps, args.minutes, args.seed, device, **phases)
     return 0
 
 

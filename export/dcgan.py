@@ -20,7 +20,16 @@ played in latent space, where a step costs milliseconds:
 - bfloat16 autocast around both networks (this CPU has AMX) and no weight gradients for the
   discriminator in the generator's step: 0.086 s a step instead of 0.148 s, so the hour buys 41,840
   steps instead of 24,292. Six-minute pilots, same judge: float32 2,596 steps, excess 393; bfloat16
-  at batch 64, 4,176 steps, 352; at batch 128, 2,651 steps, 377. The batch stays 64.
+  at batch 64, 4,176 steps, 352; at batch 128, 2,651 steps, 377. The batch stays 64;
+- optionally (`--image-from-step S`; not in the served 2.2.0), from step S a second discriminator
+  on decoded 32x32 images, with DiffAugment in image space (colour, a 4-pixel translation, an 8x8
+  cutout). The latent game levels off near excess 235 however long it runs (41,840 steps 235.2,
+  61,374 steps 233.5) while its discriminator memorises the training latents (held-out ones score
+  almost like fakes); the image discriminator sees what the judge sees. Its real side is the
+  decoder's rendering of the real latents, not the emoji themselves, so it asks for latents the
+  decoder draws well rather than detail the decoder cannot draw. A step through the decoder costs
+  about 0.4 s instead of 0.06 s, so within an hour it can only join late; measured runs and why it
+  is not served yet: docs/MODELS.md.
 
 The served `generate` function is this generator followed by the committed VAE decoder, so the
 contract (z, class_id -> 32x32 image in [-1, 1]) is unchanged.
@@ -30,6 +39,7 @@ contract (z, class_id -> 32x32 image in [-1, 1]) is unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -44,6 +54,7 @@ NUM_CLASSES = len(data.GROUPS)
 Z_DIM = 128
 R1_WEIGHT = 0.1
 R1_EVERY = 4  # lazy regularisation (Karras et al. 2020): the penalty on every 4th step, scaled by 4
+IMAGE_WARMUP = 300  # steps the image discriminator trains alone first, so its first gradients are not noise
 PRECISION = "bfloat16 autocast (float32 weights)"  # recorded in the manifest
 
 
@@ -115,6 +126,25 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.projection(class_id) * h).sum(1)
 
 
+class ImageDiscriminator(nn.Module):
+    """Spectrally normalised convolutions over the decoded 32x32 image, with a class projection."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            spectral_norm(nn.Conv2d(3, width, 3, padding=1)), nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 16x16
+            spectral_norm(nn.Conv2d(2 * width, 4 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 8x8
+            spectral_norm(nn.Conv2d(4 * width, 4 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 4x4
+        )
+        self.linear = spectral_norm(nn.Linear(4 * width, 1))
+        self.projection = spectral_norm(nn.Embedding(NUM_CLASSES, 4 * width))
+
+    def forward(self, image: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        h = self.features(image).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + (self.projection(class_id) * h).sum(1)
+
+
 class Generator(nn.Module):
     """The served graph: latent generator, then the VAE decoder (frozen, as committed)."""
 
@@ -133,54 +163,132 @@ def translate(latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return padded[:, :, 1 + dy:1 + dy + latents.shape[2], 1 + dx:1 + dx + latents.shape[3]]
 
 
+def image_augment(images: torch.Tensor, generator: torch.Generator, shift: int = 4, hole: int = 8) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020) on [-1, 1] images, drawn per sample and differentiable:
+    brightness, saturation and contrast, a translation of up to `shift` pixels over the white
+    background, and a `hole`-pixel square cut out to white."""
+    n, channels, height, width = images.shape
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)).to(images.device, images.dtype)
+
+    x = images + uniform(-0.5, 0.5)
+    grey = x.mean(1, keepdim=True)
+    x = (x - grey) * uniform(0.0, 2.0) + grey
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * uniform(0.5, 1.5) + mean
+    padded = nn.functional.pad(x, (shift,) * 4, value=1.0)
+    dy, dx = (torch.randint(0, 2 * shift + 1, (n, 1), generator=generator).to(images.device) for _ in range(2))
+    rows = (torch.arange(height, device=images.device) + dy)[:, None, :, None]
+    x = padded.gather(2, rows.expand(n, channels, height, width + 2 * shift))
+    cols = (torch.arange(width, device=images.device) + dx)[:, None, None, :]
+    x = x.gather(3, cols.expand(n, channels, height, width))
+    cy, cx = (torch.randint(0, side, (n, 1, 1), generator=generator).to(images.device) for side in (height, width))
+    ys, xs = torch.arange(height, device=images.device)[:, None], torch.arange(width, device=images.device)
+    cut = ((ys - cy).abs() < hole // 2) & ((xs - cx).abs() < hole // 2)
+    return torch.where(cut[:, None], torch.ones((), dtype=x.dtype, device=x.device), x)
+
+
+def hinge_step(disc: nn.Module, optimiser: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+               class_id: torch.Tensor, augment, r1: bool, device: torch.device) -> torch.Tensor:
+    """One discriminator update: hinge loss on augmented real and fake, plus lazy R1 on the real."""
+    real = augment(real).requires_grad_(r1)
+    with mixed_precision(device):
+        real_score = disc(real, class_id).float()
+        loss = torch.relu(1 - real_score).mean() + torch.relu(1 + disc(augment(fake), class_id).float()).mean()
+    if r1:
+        grad, = torch.autograd.grad(real_score.sum(), real, create_graph=True)
+        loss = loss + R1_EVERY * R1_WEIGHT / 2 * grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
+    optimiser.zero_grad(set_to_none=True), loss.backward(), optimiser.step()
+    return loss
+
+
 def mixed_precision(device: torch.device) -> torch.autocast:
     """bfloat16 convolutions; weights, optimiser state and losses stay float32 (why: the docstring above)."""
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64) -> dict:
+def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64,
+          image_from_step: int | None = None) -> dict:
+    """The latent game; with `image_from_step`, from that step on the same game plus a
+    discriminator on decoded images (recorded in the checkpoint, so the manifest's recipe names it)."""
     from export import diffusion, from_onnx  # the committed VAE, as served: its latents are what the decoder knows
 
     generator = training.seed_everything(seed)
     images, labels = training.training_images(data.load(), device)
-    means, stds = diffusion.encode_dataset(from_onnx.load_vae().to(device), images)
+    autoencoder = from_onnx.load_vae().to(device)
+    means, stds = diffusion.encode_dataset(autoencoder, images)
     labels = torch.cat([labels, labels])
     gen = LatentGenerator().to(device, memory_format=torch.channels_last)
     disc = Discriminator().to(device, memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.0, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
+    opt_g, opt_d = (torch.optim.Adam(module.parameters(), lr=2e-4, betas=(0.0, 0.9)) for module in (gen, disc))
     ema = training.EMA(gen, decay=0.999)
-    run = training.Run("dcgan", {"model": gen, "disc": disc, "opt_g": opt_g, "opt_d": opt_d, "ema": ema.module},
-                       generator, seed, steps, minutes, device)
+    parts = {"model": gen, "disc": disc, "opt_g": opt_g, "opt_d": opt_d, "ema": ema.module}
+    if image_from_step is not None:  # built only when asked for, so the plain recipe draws what 2.2.0 drew
+        image_disc = ImageDiscriminator().to(device, memory_format=torch.channels_last)
+        opt_i = torch.optim.Adam(image_disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
+        parts.update(image_disc=image_disc, opt_i=opt_i)
+    run = training.Run("dcgan", parts, generator, seed, steps, minutes, device)
+    if run.marks.get("image_from_step", image_from_step) != image_from_step:
+        raise ValueError(f"the dcgan checkpoint's run adds its image discriminator from step "
+                         f"{run.marks.get('image_from_step')}: resume it with that --image-from-step, or move "
+                         f"{training.checkpoint_path('dcgan')} away to start afresh")
     generator = run.generator
     sampler = training.BalancedSampler(labels, generator)
+    decoder = decoded_real = None
     while run.running():
+        if decoder is None and image_from_step is not None and run.step >= image_from_step:
+            run.marks["image_from_step"] = image_from_step
+            decoder = vae.ScaledDecoder(autoencoder).eval().requires_grad_(False)
+            with torch.no_grad():  # the image discriminator's real side: what the decoder makes of real latents
+                decoded_real = torch.cat([decoder(chunk) for chunk in means.split(256)])
+            if run.step == image_from_step:
+                warm_up(image_disc, opt_i, gen, decoder, decoded_real, labels, sampler, generator, device, batch)
         idx = sampler(batch).to(device)
         noise = torch.randn(means[idx].shape, generator=generator).to(device)
         real, class_id = means[idx] + stds[idx] * noise, labels[idx]
+        r1 = run.step % R1_EVERY == 0
         with mixed_precision(device):
             fake = gen(torch.randn(batch, Z_DIM, generator=generator).to(device), class_id)
-            real_aug = translate(real, generator).requires_grad_(run.step % R1_EVERY == 0)
-            real_score = disc(real_aug, class_id).float()
-            loss_d = (torch.relu(1 - real_score).mean()
-                      + torch.relu(1 + disc(translate(fake.detach(), generator), class_id).float()).mean())
-        if real_aug.requires_grad:
-            grad, = torch.autograd.grad(real_score.sum(), real_aug, create_graph=True)
-            loss_d = loss_d + R1_EVERY * R1_WEIGHT / 2 * grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
-        opt_d.zero_grad(set_to_none=True), loss_d.backward(), opt_d.step()
-        disc.requires_grad_(False)  # the generator's step needs no weight gradients of the discriminator
+        shift = functools.partial(translate, generator=generator)
+        loss_d = hinge_step(disc, opt_d, real, fake.detach(), class_id, shift, r1, device)
+        discriminators = [disc]
+        if decoder is not None:
+            with mixed_precision(device):
+                fake_image = decoder(fake)
+            hinge_step(image_disc, opt_i, decoded_real[idx], fake_image.detach().float(), class_id,
+                       functools.partial(image_augment, generator=generator), r1, device)
+            discriminators.append(image_disc)
+        for module in discriminators:  # the generator's step needs no weight gradients of the discriminators
+            module.requires_grad_(False)
         with mixed_precision(device):
             loss_g = -disc(translate(fake, generator), class_id).float().mean()
+            if decoder is not None:
+                loss_g = loss_g - image_disc(image_augment(fake_image, generator), class_id).float().mean()
         opt_g.zero_grad(set_to_none=True), loss_g.backward(), opt_g.step(), ema.update(gen)
-        disc.requires_grad_(True)
+        for module in discriminators:
+            module.requires_grad_(True)
         run.advance()
         if run.step % 1000 == 0:
             log.info("dcgan step %d loss_d %.3f loss_g %.3f (%.1f min)", run.step, loss_d.item(), loss_g.item(),
                      run.minutes())
     recalibrate_batch_norm(ema.module, generator, device)
     state = run.save(precision=PRECISION)
-    log.info("dcgan done: %d steps in %.1f min", run.step, state["minutes"])
+    log.info("dcgan done: %d steps in %.1f min (image discriminator from step %s)", run.step, state["minutes"],
+             run.marks.get("image_from_step"))
     return state
+
+
+def warm_up(image_disc: ImageDiscriminator, optimiser: torch.optim.Optimizer, gen: LatentGenerator,
+            decoder: vae.ScaledDecoder, decoded_real: torch.Tensor, labels: torch.Tensor,
+            sampler: training.BalancedSampler, generator: torch.Generator, device: torch.device, batch: int) -> None:
+    """Train a fresh image discriminator against the generator as it stands, the generator frozen."""
+    augment = functools.partial(image_augment, generator=generator)
+    for step in range(IMAGE_WARMUP):
+        idx = sampler(batch).to(device)
+        with torch.no_grad(), mixed_precision(device):
+            fake = decoder(gen(torch.randn(batch, Z_DIM, generator=generator).to(device), labels[idx])).float()
+        hinge_step(image_disc, optimiser, decoded_real[idx], fake, labels[idx], augment, step % R1_EVERY == 0, device)
 
 
 @torch.no_grad()

@@ -41,8 +41,11 @@ RECIPES = {
 def training_record(name: str, state: dict | None) -> dict:
     record = {"seed": 0, "data": data.data_record(), "license": data.DATA_LICENSE}
     if state is not None:
-        # the steps actually run, so the recipe reproduces these weights wherever it runs; the minutes are a cap
-        record.update(recipe=RECIPES[name].format(steps=state["step"], minutes=max(60.0, state["minutes"] + 0.5)),
+        # the steps actually run, and the steps where a phase began, so the recipe reproduces these weights
+        # wherever it runs; the minutes are a cap
+        recipe = RECIPES[name].format(steps=state["step"], minutes=max(60.0, state["minutes"] + 0.5))
+        recipe += "".join(f" --{mark.replace('_', '-')} {step}" for mark, step in state.get("marks", {}).items())
+        record.update(recipe=recipe,
                       steps=state["step"], minutes=round(state["minutes"], 2), device=state.get("device", "cpu"),
                       torch=torch.__version__)
         if "precision" in state:
@@ -111,9 +114,13 @@ def publish_dcgan(models_dir: Path, module: dcgan.Generator | None = None, state
     metrics = export_graph(spec, target / "generator.onnx")
     entry = base_manifest("dcgan", "gan", state)
     entry["training"]["vae"] = vae_record()
+    start = (state or {}).get("marks", {}).get("image_from_step")
+    image_phase = "" if start is None else \
+        f"; from step {start} a second discriminator on decoded images, with DiffAugment"
     entry.update(functions={"generate": function_entry(target / "generator.onnx", metrics)},
                  architecture="class-conditional GAN over the VAE's 4x8x8 latents (hinge loss, spectral norm, "
-                              "projection discriminator, R1, EMA), with the VAE decoder embedded in the graph",
+                              f"projection discriminator, R1, EMA{image_phase}), "
+                              "with the VAE decoder embedded in the graph",
                  z_dim=dcgan.Z_DIM, conditioning={"type": "class", "num_classes": dcgan.NUM_CLASSES},
                  metrics={"export": {"generate": metrics}, "parameters": training.count_parameters(module)})
     return manifest.write(target, entry)

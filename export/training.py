@@ -78,11 +78,13 @@ class Run:
                  minutes: float, device: torch.device):
         self.name, self.parts, self.seed, self.steps, self.device = name, parts, seed, steps, device
         self.step, self.generator, self.prior_minutes = 0, generator, 0.0
+        self.marks: dict[str, int] = {}  # steps a recipe records as it goes (where a phase began), kept on resume
         state = load_checkpoint(name)
         if state is not None:
             for key, part in parts.items():
                 part.load_state_dict(state[key])
             self.step, self.generator, self.prior_minutes = state["step"], state["generator"], state["minutes"]
+            self.marks = state.get("marks", {})
         self.budget = Budget(steps, minutes)
 
     def running(self) -> bool:
@@ -99,7 +101,7 @@ class Run:
     def save(self, **extra) -> dict:
         state = {key: part.state_dict() for key, part in self.parts.items()}
         state.update(step=self.step, generator=self.generator, seed=self.seed, steps=self.steps,
-                     minutes=self.minutes(), device=str(self.device), **extra)
+                     minutes=self.minutes(), device=str(self.device), marks=self.marks, **extra)
         save_checkpoint(self.name, state)
         return state
 

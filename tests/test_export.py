@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from export import __main__ as export_cli
 from export import data, dcgan, diffusion, from_onnx, gmm, manifest, publish, text, training, vae
 from service import registry
 from export.onnx import PARITY_BOUND
@@ -160,8 +161,11 @@ def published(entries, tmp_path_factory) -> Published:
         # 100 x 256 samples re-estimate batch norm after a real run: minutes on a CPU, pointless here
         patch.setattr(dcgan, "recalibrate_batch_norm",
                       functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
-        states = {name: module.train(steps=2, minutes=5, seed=0, device=CPU, batch=4)
-                  for name, module in (("vae", vae), ("dcgan", dcgan), ("diffusion", diffusion))}
+        patch.setattr(dcgan, "IMAGE_WARMUP", 2)
+        # the dcgan's second step runs its image-discriminator phase, as the last third of a real run does
+        states = {name: module.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, **phases)
+                  for name, module, phases in (("vae", vae, {}), ("dcgan", dcgan, {"image_from_step": 1}),
+                                               ("diffusion", diffusion, {}))}
         mixture = gmm.fit(seed=0, device=CPU)
         models_dir = root / "models"
         manifests = {"vae": publish.publish_vae(models_dir), "dcgan": publish.publish_dcgan(models_dir),
@@ -276,6 +280,26 @@ def test_gmm_prior_has_the_layout_docs_interfaces_describes(published):
 def test_published_registry_passes_verification(published):
     verified = manifest.verify(published.models_dir, required=("vae", "dcgan", "diffusion", "gmm"))
     assert sorted(m["name"] for m in verified) == ["dcgan", "diffusion", "gmm", "vae"]
+
+
+def test_a_phase_change_is_recorded_in_the_recipe_so_it_reproduces(published):
+    assert published.states["dcgan"]["marks"] == {"image_from_step": 1}
+    assert published.manifests["dcgan"]["training"]["recipe"].endswith("--steps 2 --minutes 60 --image-from-step 1")
+    assert all("--image-from-step" not in published.manifests[name]["training"]["recipe"]
+               for name in ("vae", "diffusion"))
+    image_disc = dcgan.ImageDiscriminator()
+    checkpoint = torch.load(published.checkpoint_dir / "dcgan.pt", map_location="cpu", weights_only=False)
+    image_disc.load_state_dict(checkpoint["image_disc"])  # part of the run, so checkpointed and resumed
+    assert export_cli.parse(["train", "dcgan", "--image-from-step", "1"]).image_from_step == 1
+    assert "from step 1 a second discriminator on decoded images" in published.manifests["dcgan"]["architecture"]
+
+
+def test_a_run_with_an_image_phase_does_not_resume_without_it(published, tmp_path, monkeypatch):
+    shutil.copy(published.checkpoint_dir / "dcgan.pt", tmp_path / "dcgan.pt")
+    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
+    with pytest.raises(ValueError, match="resume it with that --image-from-step"):
+        dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4)  # dropping the phase would not reproduce
 
 
 def test_training_resumes_from_its_checkpoint(published, tmp_path, monkeypatch):
