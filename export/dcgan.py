@@ -28,8 +28,9 @@ played in latent space, where a step costs milliseconds:
   almost like fakes); the image discriminator sees what the judge sees. Its real side is the
   decoder's rendering of the real latents, not the emoji themselves, so it asks for latents the
   decoder draws well rather than detail the decoder cannot draw. A step through the decoder costs
-  about 0.4 s instead of 0.06 s, so within an hour it can only join late; measured runs and why it
-  is not served yet: docs/MODELS.md.
+  about 0.37 s instead of 0.06 s, so an hour on this CPU buys few of them; measured runs (it meets
+  the distance bound after some 9,600 of its steps, past the hour) and why it is not served yet:
+  docs/MODELS.md.
 
 The served `generate` function is this generator followed by the committed VAE decoder, so the
 contract (z, class_id -> 32x32 image in [-1, 1]) is unchanged.

@@ -162,7 +162,7 @@ def published(entries, tmp_path_factory) -> Published:
         patch.setattr(dcgan, "recalibrate_batch_norm",
                       functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
         patch.setattr(dcgan, "IMAGE_WARMUP", 2)
-        # the dcgan's second step runs its image-discriminator phase, as the last third of a real run does
+        # the dcgan's second step runs its image-discriminator phase, as a run with --image-from-step 1 would
         states = {name: module.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, **phases)
                   for name, module, phases in (("vae", vae, {}), ("dcgan", dcgan, {"image_from_step": 1}),
                                                ("diffusion", diffusion, {}))}
