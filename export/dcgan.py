@@ -110,40 +110,43 @@ class LatentGenerator(nn.Module):
         return self.head(h)  # (N, 4, 8, 8) in the VAE's scaled latent space
 
 
-class Discriminator(nn.Module):
-    def __init__(self, width: int = 96):
+class ProjectionDiscriminator(nn.Module):
+    """Spectrally normalised features summed over space, scored by a linear head plus a class
+    projection (Miyato & Koyama 2018); the subclasses choose the features."""
+
+    def __init__(self, features: nn.Sequential, channels: int):
         super().__init__()
-        self.features = nn.Sequential(
+        self.features = features
+        self.linear = spectral_norm(nn.Linear(channels, 1))
+        self.projection = spectral_norm(nn.Embedding(NUM_CLASSES, channels))
+
+    def forward(self, x: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + (self.projection(class_id) * h).sum(1)
+
+
+class Discriminator(ProjectionDiscriminator):
+    """Over the VAE's 4x8x8 latents."""
+
+    def __init__(self, width: int = 96):
+        super().__init__(nn.Sequential(
             spectral_norm(nn.Conv2d(vae.LATENT_CHANNELS, width, 3, padding=1)), nn.LeakyReLU(0.1),
             spectral_norm(nn.Conv2d(width, width, 3, padding=1)), nn.LeakyReLU(0.1),
             spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 4x4
             spectral_norm(nn.Conv2d(2 * width, 2 * width, 3, padding=1)), nn.LeakyReLU(0.1),
-        )
-        self.linear = spectral_norm(nn.Linear(2 * width, 1))
-        self.projection = spectral_norm(nn.Embedding(NUM_CLASSES, 2 * width))
-
-    def forward(self, latent: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        h = self.features(latent).sum(dim=(2, 3))
-        return self.linear(h).squeeze(1) + (self.projection(class_id) * h).sum(1)
+        ), 2 * width)
 
 
-class ImageDiscriminator(nn.Module):
-    """Spectrally normalised convolutions over the decoded 32x32 image, with a class projection."""
+class ImageDiscriminator(ProjectionDiscriminator):
+    """Over the decoded 32x32 image."""
 
     def __init__(self, width: int = 32):
-        super().__init__()
-        self.features = nn.Sequential(
+        super().__init__(nn.Sequential(
             spectral_norm(nn.Conv2d(3, width, 3, padding=1)), nn.LeakyReLU(0.1),
             spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 16x16
             spectral_norm(nn.Conv2d(2 * width, 4 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 8x8
             spectral_norm(nn.Conv2d(4 * width, 4 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),  # 4x4
-        )
-        self.linear = spectral_norm(nn.Linear(4 * width, 1))
-        self.projection = spectral_norm(nn.Embedding(NUM_CLASSES, 4 * width))
-
-    def forward(self, image: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        h = self.features(image).sum(dim=(2, 3))
-        return self.linear(h).squeeze(1) + (self.projection(class_id) * h).sum(1)
+        ), 4 * width)
 
 
 class Generator(nn.Module):
@@ -236,6 +239,7 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
                          f"{training.checkpoint_path('dcgan')} away to start afresh")
     generator = run.generator
     sampler = training.BalancedSampler(labels, generator)
+    shift, augment = (functools.partial(f, generator=generator) for f in (translate, image_augment))
     decoder = decoded_real = None
     while run.running():
         if decoder is None and image_from_step is not None and run.step >= image_from_step:
@@ -251,21 +255,20 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         r1 = run.step % R1_EVERY == 0
         with mixed_precision(device):
             fake = gen(torch.randn(batch, Z_DIM, generator=generator).to(device), class_id)
-        shift = functools.partial(translate, generator=generator)
         loss_d = hinge_step(disc, opt_d, real, fake.detach(), class_id, shift, r1, device)
         discriminators = [disc]
         if decoder is not None:
             with mixed_precision(device):
                 fake_image = decoder(fake)
-            hinge_step(image_disc, opt_i, decoded_real[idx], fake_image.detach().float(), class_id,
-                       functools.partial(image_augment, generator=generator), r1, device)
+            hinge_step(image_disc, opt_i, decoded_real[idx], fake_image.detach().float(), class_id, augment, r1,
+                       device)
             discriminators.append(image_disc)
         for module in discriminators:  # the generator's step needs no weight gradients of the discriminators
             module.requires_grad_(False)
         with mixed_precision(device):
-            loss_g = -disc(translate(fake, generator), class_id).float().mean()
+            loss_g = -disc(shift(fake), class_id).float().mean()
             if decoder is not None:
-                loss_g = loss_g - image_disc(image_augment(fake_image, generator), class_id).float().mean()
+                loss_g = loss_g - image_disc(augment(fake_image), class_id).float().mean()
         opt_g.zero_grad(set_to_none=True), loss_g.backward(), opt_g.step(), ema.update(gen)
         for module in discriminators:
             module.requires_grad_(True)
