@@ -47,7 +47,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     evaluate.add_argument("--sweep", action="store_true", help="also sweep diffusion guidance and steps")
     evaluate.add_argument("--doc-only", action="store_true",
                           help="rewrite docs/MODELS.md from docs/evaluation.json without scoring")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.image_from_step is not None:  # never dropped silently
+        if args.name != "dcgan":
+            parser.error(f"--image-from-step is a dcgan phase; {args.name} has none")
+        if args.image_from_step < 0:
+            parser.error(f"--image-from-step must be a step (>= 0), not {args.image_from_step}")
+    return args
 
 
 def main(argv: list[str]) -> int:

@@ -233,9 +233,11 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         opt_i = torch.optim.Adam(image_disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
         parts.update(image_disc=image_disc, opt_i=opt_i)
     run = training.Run("dcgan", parts, generator, seed, steps, minutes, device)
-    if run.marks.get("image_from_step", image_from_step) != image_from_step:
-        raise ValueError(f"the dcgan checkpoint's run adds its image discriminator from step "
-                         f"{run.marks.get('image_from_step')}: resume it with that --image-from-step, or move "
+    began = run.marks.get("image_from_step")  # recorded when the phase begins, so only past its step
+    if began != (image_from_step if image_from_step is not None and run.step > image_from_step else None):
+        phase = "no image discriminator" if began is None else f"its image discriminator from step {began}"
+        raise ValueError(f"the dcgan checkpoint at step {run.step} has {phase}: resume it with that "
+                         f"--image-from-step ({'none' if began is None else began}), or move "
                          f"{training.checkpoint_path('dcgan')} away to start afresh")
     generator = run.generator
     sampler = training.BalancedSampler(labels, generator)

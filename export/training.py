@@ -81,6 +81,10 @@ class Run:
         self.marks: dict[str, int] = {}  # steps a recipe records as it goes (where a phase began), kept on resume
         state = load_checkpoint(name)
         if state is not None:
+            missing = sorted(parts.keys() - state.keys())
+            if missing:
+                raise ValueError(f"the {name} checkpoint has no {', '.join(missing)}: another recipe made "
+                                 f"it; move {checkpoint_path(name)} away to start afresh")
             for key, part in parts.items():
                 part.load_state_dict(state[key])
             self.step, self.generator, self.prior_minutes = state["step"], state["generator"], state["minutes"]

@@ -302,6 +302,27 @@ def test_a_run_with_an_image_phase_does_not_resume_without_it(published, tmp_pat
         dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4)  # dropping the phase would not reproduce
 
 
+def test_a_run_past_the_phase_step_without_it_does_not_resume_into_it(published, tmp_path, monkeypatch):
+    state = torch.load(published.checkpoint_dir / "dcgan.pt", map_location="cpu", weights_only=False)
+    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
+    # at step 2 with no phase recorded: starting it now would record a phase that began at step 1
+    torch.save({**state, "marks": {}}, tmp_path / "dcgan.pt")
+    with pytest.raises(ValueError, match="at step 2 has no image discriminator"):
+        dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1)
+    # a checkpoint without a part the recipe asks for came from another recipe: a clear error, not a KeyError
+    torch.save({key: value for key, value in state.items() if key not in ("image_disc", "opt_i")},
+               tmp_path / "dcgan.pt")
+    with pytest.raises(ValueError, match="dcgan checkpoint has no image_disc, opt_i"):
+        dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=5)
+
+
+def test_the_image_phase_flag_is_refused_where_it_means_nothing():
+    for argv in (["train", "vae", "--image-from-step", "1"], ["train", "dcgan", "--image-from-step", "-1"]):
+        with pytest.raises(SystemExit):
+            export_cli.parse(argv)
+
+
 def test_training_resumes_from_its_checkpoint(published, tmp_path, monkeypatch):
     shutil.copy(published.checkpoint_dir / "vae.pt", tmp_path / "vae.pt")
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
