@@ -35,6 +35,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--image-from-step", type=int, default=None,
                        help="dcgan only: add a discriminator on decoded images from this step (default: never)")
+    train.add_argument("--image-batch", type=int, default=None,
+                       help="with --image-from-step: how many of each batch's samples the decoder renders for "
+                            "that discriminator (default: all)")
     onnx = commands.add_parser("onnx", help="export checkpoints to models/")
     onnx.add_argument("name", choices=PUBLISHABLE)
     commands.add_parser("verify", help="check models/ against the manifests")
@@ -53,6 +56,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--image-from-step is a dcgan phase; {args.name} has none")
         if args.image_from_step < 0:
             parser.error(f"--image-from-step must be a step (>= 0), not {args.image_from_step}")
+    if args.command == "train" and args.image_batch is not None:
+        if args.image_from_step is None:
+            parser.error("--image-batch sizes the image discriminator's batch; it needs --image-from-step")
+        if args.image_batch < 1:
+            parser.error(f"--image-batch must be at least 1, not {args.image_batch}")
     return args
 
 
@@ -123,7 +131,8 @@ def train(args: argparse.Namespace) -> int:
     from export import dcgan, diffusion, sr, style, vae
 
     module = {"vae": vae, "dcgan": dcgan, "diffusion": diffusion, "sr": sr, "style": style}[args.name]
-    phases = {"image_from_step": args.image_from_step} if args.name == "dcgan" else {}
+    phases = {"image_from_step": args.image_from_step, "image_batch": args.image_batch} \
+        if args.name == "dcgan" else {}
     module.train(args.steps, args.minutes, args.seed, device, **phases)
     return 0
 

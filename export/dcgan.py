@@ -28,9 +28,10 @@ played in latent space, where a step costs milliseconds:
   almost like fakes); the image discriminator sees what the judge sees. Its real side is the
   decoder's rendering of the real latents, not the emoji themselves, so it asks for latents the
   decoder draws well rather than detail the decoder cannot draw. A step through the decoder costs
-  about 0.37 s instead of 0.06 s, so an hour on this CPU buys few of them; measured runs (it meets
-  the distance bound after some 9,600 of its steps, past the hour) and why it is not served yet:
-  docs/MODELS.md.
+  about 0.37 s instead of 0.06 s, so an hour on this CPU buys few of them; `--image-batch K` sends
+  only the first K samples of each batch through the decoder and that discriminator (0.24 s a step
+  at K=16). Measured runs (it meets the distance bound after some 9,600 of its steps, past the hour)
+  and why it is not served yet: docs/MODELS.md.
 
 The served `generate` function is this generator followed by the committed VAE decoder, so the
 contract (z, class_id -> 32x32 image in [-1, 1]) is unchanged.
@@ -213,9 +214,17 @@ def mixed_precision(device: torch.device) -> torch.autocast:
 
 
 def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64,
-          image_from_step: int | None = None) -> dict:
+          image_from_step: int | None = None, image_batch: int | None = None) -> dict:
     """The latent game; with `image_from_step`, from that step on the same game plus a
-    discriminator on decoded images (recorded in the checkpoint, so the manifest's recipe names it)."""
+    discriminator on decoded images, which sees the first `image_batch` samples of each batch (all
+    by default): the decoder's forward and backward are most of an image step's cost. Both are
+    recorded in the checkpoint when the phase begins, so the manifest's recipe names them."""
+    if image_batch is not None and (image_from_step is None or not 1 <= image_batch <= batch):
+        raise ValueError(f"image_batch {image_batch} needs image_from_step and must lie in 1..{batch}")
+    phase = {} if image_from_step is None else {"image_from_step": image_from_step}
+    if image_batch is not None:
+        phase["image_batch"] = image_batch
+    image_batch = batch if image_batch is None else image_batch
     from export import diffusion, from_onnx  # the committed VAE, as served: its latents are what the decoder knows
 
     generator = training.seed_everything(seed)
@@ -233,24 +242,27 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         opt_i = torch.optim.Adam(image_disc.parameters(), lr=2e-4, betas=(0.0, 0.9))
         parts.update(image_disc=image_disc, opt_i=opt_i)
     run = training.Run("dcgan", parts, generator, seed, steps, minutes, device)
-    began = run.marks.get("image_from_step")  # recorded when the phase begins, so only past its step
-    if began != (image_from_step if image_from_step is not None and run.step > image_from_step else None):
-        phase = "no image discriminator" if began is None else f"its image discriminator from step {began}"
-        raise ValueError(f"the dcgan checkpoint at step {run.step} has {phase}: resume it with that "
-                         f"--image-from-step ({'none' if began is None else began}), or move "
-                         f"{training.checkpoint_path('dcgan')} away to start afresh")
+    # the phase is recorded when it begins, so a checkpoint past its step must hold the same one
+    if run.marks != (phase if image_from_step is not None and run.step > image_from_step else {}):
+        began = run.marks.get("image_from_step")
+        held = "no image discriminator" if began is None else f"its image discriminator from step {began}"
+        flags = " ".join(f"--{mark.replace('_', '-')} {value}" for mark, value in run.marks.items())
+        raise ValueError(f"the dcgan checkpoint at step {run.step} has {held}: resume it with "
+                         f"{flags or 'no --image-from-step'}, or move {training.checkpoint_path('dcgan')} "
+                         "away to start afresh")
     generator = run.generator
     sampler = training.BalancedSampler(labels, generator)
     shift, augment = (functools.partial(f, generator=generator) for f in (translate, image_augment))
     decoder = decoded_real = None
     while run.running():
         if decoder is None and image_from_step is not None and run.step >= image_from_step:
-            run.marks["image_from_step"] = image_from_step
+            run.marks.update(phase)
             decoder = vae.ScaledDecoder(autoencoder).eval().requires_grad_(False)
             with torch.no_grad():  # the image discriminator's real side: what the decoder makes of real latents
                 decoded_real = torch.cat([decoder(chunk) for chunk in means.split(256)])
             if run.step == image_from_step:
-                warm_up(image_disc, opt_i, gen, decoder, decoded_real, labels, sampler, generator, device, batch)
+                warm_up(image_disc, opt_i, gen, decoder, decoded_real, labels, sampler, generator, device,
+                        image_batch)
         idx = sampler(batch).to(device)
         noise = torch.randn(means[idx].shape, generator=generator).to(device)
         real, class_id = means[idx] + stds[idx] * noise, labels[idx]
@@ -260,9 +272,10 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         loss_d = hinge_step(disc, opt_d, real, fake.detach(), class_id, shift, r1, device)
         discriminators = [disc]
         if decoder is not None:
+            seen, seen_class = idx[:image_batch], class_id[:image_batch]
             with mixed_precision(device):
-                fake_image = decoder(fake)
-            hinge_step(image_disc, opt_i, decoded_real[idx], fake_image.detach().float(), class_id, augment, r1,
+                fake_image = decoder(fake[:image_batch])
+            hinge_step(image_disc, opt_i, decoded_real[seen], fake_image.detach().float(), seen_class, augment, r1,
                        device)
             discriminators.append(image_disc)
         for module in discriminators:  # the generator's step needs no weight gradients of the discriminators
@@ -270,7 +283,7 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         with mixed_precision(device):
             loss_g = -disc(shift(fake), class_id).float().mean()
             if decoder is not None:
-                loss_g = loss_g - image_disc(augment(fake_image), class_id).float().mean()
+                loss_g = loss_g - image_disc(augment(fake_image), seen_class).float().mean()
         opt_g.zero_grad(set_to_none=True), loss_g.backward(), opt_g.step(), ema.update(gen)
         for module in discriminators:
             module.requires_grad_(True)
@@ -280,8 +293,8 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
                      run.minutes())
     recalibrate_batch_norm(ema.module, generator, device)
     state = run.save(precision=PRECISION)
-    log.info("dcgan done: %d steps in %.1f min (image discriminator from step %s)", run.step, state["minutes"],
-             run.marks.get("image_from_step"))
+    log.info("dcgan done: %d steps in %.1f min (image discriminator: %s)", run.step, state["minutes"],
+             run.marks or "none")
     return state
 
 

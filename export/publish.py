@@ -41,7 +41,7 @@ RECIPES = {
 def training_record(name: str, state: dict | None) -> dict:
     record = {"seed": 0, "data": data.data_record(), "license": data.DATA_LICENSE}
     if state is not None:
-        # the steps actually run, and the steps where a phase began, so the recipe reproduces these weights
+        # the steps actually run, and where a phase began and how it ran, so the recipe reproduces these weights
         # wherever it runs; the minutes are a cap
         recipe = RECIPES[name].format(steps=state["step"], minutes=max(60.0, state["minutes"] + 0.5))
         recipe += "".join(f" --{mark.replace('_', '-')} {step}" for mark, step in state.get("marks", {}).items())
@@ -114,9 +114,11 @@ def publish_dcgan(models_dir: Path, module: dcgan.Generator | None = None, state
     metrics = export_graph(spec, target / "generator.onnx")
     entry = base_manifest("dcgan", "gan", state)
     entry["training"]["vae"] = vae_record()
-    start = (state or {}).get("marks", {}).get("image_from_step")
+    marks = (state or {}).get("marks", {})
+    start, seen = marks.get("image_from_step"), marks.get("image_batch")
     image_phase = "" if start is None else \
-        f"; from step {start} a second discriminator on decoded images, with DiffAugment"
+        f"; from step {start} a second discriminator on decoded images, with DiffAugment" + \
+        ("" if seen is None else f", on {seen} samples of each batch")
     entry.update(functions={"generate": function_entry(target / "generator.onnx", metrics)},
                  architecture="class-conditional GAN over the VAE's 4x8x8 latents (hinge loss, spectral norm, "
                               f"projection discriminator, R1, EMA{image_phase}), "

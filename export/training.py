@@ -78,7 +78,7 @@ class Run:
                  minutes: float, device: torch.device):
         self.name, self.parts, self.seed, self.steps, self.device = name, parts, seed, steps, device
         self.step, self.generator, self.prior_minutes = 0, generator, 0.0
-        self.marks: dict[str, int] = {}  # steps a recipe records as it goes (where a phase began), kept on resume
+        self.marks: dict[str, int] = {}  # what a recipe records as it goes (where a phase began, its batch), kept on resume
         state = load_checkpoint(name)
         if state is not None:
             missing = sorted(parts.keys() - state.keys())

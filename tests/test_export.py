@@ -298,7 +298,7 @@ def test_a_run_with_an_image_phase_does_not_resume_without_it(published, tmp_pat
     shutil.copy(published.checkpoint_dir / "dcgan.pt", tmp_path / "dcgan.pt")
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
-    with pytest.raises(ValueError, match="resume it with that --image-from-step"):
+    with pytest.raises(ValueError, match="resume it with --image-from-step 1,"):
         dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4)  # dropping the phase would not reproduce
 
 
@@ -318,9 +318,38 @@ def test_a_run_past_the_phase_step_without_it_does_not_resume_into_it(published,
 
 
 def test_the_image_phase_flag_is_refused_where_it_means_nothing():
-    for argv in (["train", "vae", "--image-from-step", "1"], ["train", "dcgan", "--image-from-step", "-1"]):
+    for argv in (["train", "vae", "--image-from-step", "1"], ["train", "dcgan", "--image-from-step", "-1"],
+                 ["train", "dcgan", "--image-batch", "16"],  # no image phase to size
+                 ["train", "dcgan", "--image-from-step", "1", "--image-batch", "0"]):
         with pytest.raises(SystemExit):
             export_cli.parse(argv)
+    assert export_cli.parse(["train", "dcgan", "--image-from-step", "1", "--image-batch", "16"]).image_batch == 16
+
+
+def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(published, tmp_path, monkeypatch):
+    seen = []
+
+    class Recording(dcgan.ImageDiscriminator):
+        def forward(self, x, class_id):
+            seen.append((x.shape[0], class_id.shape[0]))
+            return super().forward(x, class_id)
+
+    monkeypatch.setattr(dcgan, "ImageDiscriminator", Recording)
+    monkeypatch.setattr(dcgan, "IMAGE_WARMUP", 2)
+    monkeypatch.setattr(dcgan, "recalibrate_batch_norm",
+                        functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
+    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
+    state = dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=2)
+    # warm-up (real, fake) x 2, the step's hinge (real, fake) and the generator's score: 2 of the 4 each time
+    assert seen == [(2, 2)] * 7
+    assert state["marks"] == {"image_from_step": 1, "image_batch": 2}
+    assert publish.training_record("dcgan", state)["recipe"].endswith("--image-from-step 1 --image-batch 2")
+    for image_batch in (None, 3):  # the batch is part of the recipe: resuming with another would not reproduce
+        with pytest.raises(ValueError, match="resume it with --image-from-step 1 --image-batch 2,"):
+            dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=image_batch)
+    with pytest.raises(ValueError, match="image_batch 5 needs image_from_step and must lie in 1..4"):
+        dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=5)
 
 
 def test_training_resumes_from_its_checkpoint(published, tmp_path, monkeypatch):
