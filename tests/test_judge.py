@@ -42,6 +42,20 @@ def test_identical_sets_are_at_distance_zero_and_a_shifted_copy_is_not(network, 
     assert judge.frechet_distance(judge.features(network, judge.hue_shift(images, 90.0)), features) > 1.0
 
 
+def test_frechet_distance_matches_its_closed_form_without_deprecated_scipy_calls():
+    """Two Gaussians with one covariance differ by the squared distance of their means alone; and
+    the call must not lean on scipy arguments on their way out (a later scipy removed `disp`, and
+    pyproject's filter hides DeprecationWarnings from every other test)."""
+    import warnings
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    features = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6))
+    shift = np.array([3.0, -1.0, 0.0, 2.0, 0.5, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert judge.frechet_distance(features + shift, features) == pytest.approx(float(shift @ shift), rel=1e-6)
+
+
 def test_colour_distance_sees_a_hue_shift_that_keeps_every_shape(dataset):
     images = dataset.split(held_out=True).images32
     assert judge.colour_distance(images, images) == 0.0
