@@ -59,8 +59,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.command == "train" and args.image_batch is not None:
         if args.image_from_step is None:
             parser.error("--image-batch sizes the image discriminator's batch; it needs --image-from-step")
-        if args.image_batch < 1:
-            parser.error(f"--image-batch must be at least 1, not {args.image_batch}")
+        from export.dcgan import BATCH
+
+        if not 1 <= args.image_batch <= BATCH:
+            parser.error(f"--image-batch must lie in 1..{BATCH} (the batch), not {args.image_batch}")
     return args
 
 

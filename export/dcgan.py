@@ -57,6 +57,7 @@ Z_DIM = 128
 R1_WEIGHT = 0.1
 R1_EVERY = 4  # lazy regularisation (Karras et al. 2020): the penalty on every 4th step, scaled by 4
 IMAGE_WARMUP = 300  # steps the image discriminator trains alone first, so its first gradients are not noise
+BATCH = 64  # samples per step (pilots in the docstring above)
 PRECISION = "bfloat16 autocast (float32 weights)"  # recorded in the manifest
 
 
@@ -213,14 +214,18 @@ def mixed_precision(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = 64,
+def train(steps: int, minutes: float, seed: int, device: torch.device, batch: int = BATCH,
           image_from_step: int | None = None, image_batch: int | None = None) -> dict:
     """The latent game; with `image_from_step`, from that step on the same game plus a
     discriminator on decoded images, which sees the first `image_batch` samples of each batch (all
-    by default): the decoder's forward and backward are most of an image step's cost. Both are
-    recorded in the checkpoint when the phase begins, so the manifest's recipe names them."""
-    if image_batch is not None and (image_from_step is None or not 1 <= image_batch <= batch):
-        raise ValueError(f"image_batch {image_batch} needs image_from_step and must lie in 1..{batch}")
+    by default; its warm-up draws batches of that size): the decoder's forward and backward are most
+    of an image step's cost. Both are recorded in the checkpoint when the phase begins, so the
+    manifest's recipe names them."""
+    if image_batch is not None and image_from_step is None:
+        raise ValueError(f"image_batch {image_batch} sizes the image phase: it needs image_from_step")
+    if image_batch is not None and not 1 <= image_batch <= batch:
+        raise ValueError(f"image_batch {image_batch} must lie in 1..{batch}, the batch")
+    image_batch = None if image_batch == batch else image_batch  # the whole batch is the default recipe
     phase = {} if image_from_step is None else {"image_from_step": image_from_step}
     if image_batch is not None:
         phase["image_batch"] = image_batch

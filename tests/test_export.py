@@ -320,36 +320,70 @@ def test_a_run_past_the_phase_step_without_it_does_not_resume_into_it(published,
 def test_the_image_phase_flag_is_refused_where_it_means_nothing():
     for argv in (["train", "vae", "--image-from-step", "1"], ["train", "dcgan", "--image-from-step", "-1"],
                  ["train", "dcgan", "--image-batch", "16"],  # no image phase to size
-                 ["train", "dcgan", "--image-from-step", "1", "--image-batch", "0"]):
+                 ["train", "dcgan", "--image-from-step", "1", "--image-batch", "0"],
+                 ["train", "dcgan", "--image-from-step", "1", "--image-batch", str(dcgan.BATCH + 1)]):
         with pytest.raises(SystemExit):
             export_cli.parse(argv)
     assert export_cli.parse(["train", "dcgan", "--image-from-step", "1", "--image-batch", "16"]).image_batch == 16
 
 
 def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(published, tmp_path, monkeypatch):
-    seen = []
+    seen, drawn = [], []
 
     class Recording(dcgan.ImageDiscriminator):
         def forward(self, x, class_id):
-            seen.append((x.shape[0], class_id.shape[0]))
+            seen.append((x.shape[0], class_id.clone()))
             return super().forward(x, class_id)
 
+    class Sampler(training.BalancedSampler):
+        def __call__(self, count):
+            drawn.append(super().__call__(count))
+            return drawn[-1]
+
     monkeypatch.setattr(dcgan, "ImageDiscriminator", Recording)
+    monkeypatch.setattr(training, "BalancedSampler", Sampler)
     monkeypatch.setattr(dcgan, "IMAGE_WARMUP", 2)
     monkeypatch.setattr(dcgan, "recalibrate_batch_norm",
                         functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
     state = dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=2)
-    # warm-up (real, fake) x 2, the step's hinge (real, fake) and the generator's score: 2 of the 4 each time
-    assert seen == [(2, 2)] * 7
+    # draws: step 0's batch, two warm-up batches of 2, step 1's batch of 4; the image discriminator
+    # scores real and fake of each warm-up batch, then step 1's first 2 (real, fake, the generator's)
+    labels = torch.cat([training.training_images(published.dataset, CPU)[1]] * 2)  # images and mirrors
+    step_0, warm_0, warm_1, step_1 = drawn
+    assert [len(d) for d in drawn] == [4, 2, 2, 4]
+    assert not torch.equal(labels[step_1[:2]], labels[step_1[2:]])  # so a wrong slice would show below
+    expected = [labels[warm_0]] * 2 + [labels[warm_1]] * 2 + [labels[step_1[:2]]] * 3
+    assert [size for size, _ in seen] == [2] * 7
+    assert all(torch.equal(got, want) for (_, got), want in zip(seen, expected, strict=True))
     assert state["marks"] == {"image_from_step": 1, "image_batch": 2}
     assert publish.training_record("dcgan", state)["recipe"].endswith("--image-from-step 1 --image-batch 2")
     for image_batch in (None, 3):  # the batch is part of the recipe: resuming with another would not reproduce
         with pytest.raises(ValueError, match="resume it with --image-from-step 1 --image-batch 2,"):
             dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=image_batch)
-    with pytest.raises(ValueError, match="image_batch 5 needs image_from_step and must lie in 1..4"):
-        dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=5)
+    # a checkpoint from before the option (the phase with the whole batch) does not resume into a smaller one
+    torch.save({**torch.load(tmp_path / "dcgan.pt", weights_only=False), "marks": {"image_from_step": 1}},
+               tmp_path / "dcgan.pt")
+    with pytest.raises(ValueError, match="resume it with --image-from-step 1,"):
+        dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=2)
+    for kwargs, message in (({"image_from_step": 1, "image_batch": 5}, "image_batch 5 must lie in 1..4"),
+                            ({"image_batch": 2}, "needs image_from_step")):
+        with pytest.raises(ValueError, match=message):
+            dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, **kwargs)
+
+
+def test_the_image_batch_is_free_until_the_phase_begins_and_the_whole_batch_is_the_default(
+        published, tmp_path, monkeypatch):
+    monkeypatch.setattr(dcgan, "IMAGE_WARMUP", 2)
+    monkeypatch.setattr(dcgan, "recalibrate_batch_norm",
+                        functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
+    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
+    # stopped at the phase's step, before it began: nothing recorded, so any batch may resume it
+    assert dcgan.train(steps=1, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1)["marks"] == {}
+    state = dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=4)
+    assert state["marks"] == {"image_from_step": 1}  # the whole batch: the recipe without the flag
 
 
 def test_training_resumes_from_its_checkpoint(published, tmp_path, monkeypatch):
