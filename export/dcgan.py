@@ -225,11 +225,10 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
         raise ValueError(f"image_batch {image_batch} sizes the image phase: it needs image_from_step")
     if image_batch is not None and not 1 <= image_batch <= batch:
         raise ValueError(f"image_batch {image_batch} must lie in 1..{batch}, the batch")
-    image_batch = None if image_batch == batch else image_batch  # the whole batch is the default recipe
     phase = {} if image_from_step is None else {"image_from_step": image_from_step}
-    if image_batch is not None:
+    if image_batch not in (None, batch):  # the whole batch is the default recipe, not a second one
         phase["image_batch"] = image_batch
-    image_batch = batch if image_batch is None else image_batch
+    image_batch = phase.get("image_batch", batch)
     from export import diffusion, from_onnx  # the committed VAE, as served: its latents are what the decoder knows
 
     generator = training.seed_everything(seed)
@@ -251,10 +250,9 @@ def train(steps: int, minutes: float, seed: int, device: torch.device, batch: in
     if run.marks != (phase if image_from_step is not None and run.step > image_from_step else {}):
         began = run.marks.get("image_from_step")
         held = "no image discriminator" if began is None else f"its image discriminator from step {began}"
-        flags = " ".join(f"--{mark.replace('_', '-')} {value}" for mark, value in run.marks.items())
         raise ValueError(f"the dcgan checkpoint at step {run.step} has {held}: resume it with "
-                         f"{flags or 'no --image-from-step'}, or move {training.checkpoint_path('dcgan')} "
-                         "away to start afresh")
+                         f"{training.recipe_flags(run.marks) or 'no --image-from-step'}, or move "
+                         f"{training.checkpoint_path('dcgan')} away to start afresh")
     generator = run.generator
     sampler = training.BalancedSampler(labels, generator)
     shift, augment = (functools.partial(f, generator=generator) for f in (translate, image_augment))

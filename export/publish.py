@@ -44,7 +44,8 @@ def training_record(name: str, state: dict | None) -> dict:
         # the steps actually run, and where a phase began and how it ran, so the recipe reproduces these weights
         # wherever it runs; the minutes are a cap
         recipe = RECIPES[name].format(steps=state["step"], minutes=max(60.0, state["minutes"] + 0.5))
-        recipe += "".join(f" --{mark.replace('_', '-')} {value}" for mark, value in state.get("marks", {}).items())
+        flags = training.recipe_flags(state.get("marks", {}))
+        recipe += f" {flags}" if flags else ""
         record.update(recipe=recipe,
                       steps=state["step"], minutes=round(state["minutes"], 2), device=state.get("device", "cpu"),
                       torch=torch.__version__)

@@ -122,6 +122,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def recipe_flags(marks: dict[str, int]) -> str:
+    """A run's marks as the command-line flags that reproduce them: {"image_from_step": 3} -> "--image-from-step 3"."""
+    return " ".join(f"--{mark.replace('_', '-')} {value}" for mark, value in marks.items())
+
+
 def checkpoint_path(name: str) -> Path:
     return CHECKPOINT_DIR / f"{name}.pt"
 
