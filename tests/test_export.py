@@ -294,25 +294,33 @@ def test_a_phase_change_is_recorded_in_the_recipe_so_it_reproduces(published):
     assert "from step 1 a second discriminator on decoded images" in published.manifests["dcgan"]["architecture"]
 
 
-def test_a_run_with_an_image_phase_does_not_resume_without_it(published, tmp_path, monkeypatch):
-    shutil.copy(published.checkpoint_dir / "dcgan.pt", tmp_path / "dcgan.pt")
+@pytest.fixture
+def dcgan_here(published, tmp_path, monkeypatch) -> Path:
+    """dcgan.train on the published subset with its checkpoint in tmp_path (returned), a 2-step
+    image warm-up and a small batch-norm re-estimation, as the `published` fixture trains."""
+    monkeypatch.setattr(dcgan, "IMAGE_WARMUP", 2)
+    monkeypatch.setattr(dcgan, "recalibrate_batch_norm",
+                        functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
+    return tmp_path
+
+
+def test_a_run_with_an_image_phase_does_not_resume_without_it(published, dcgan_here):
+    shutil.copy(published.checkpoint_dir / "dcgan.pt", dcgan_here / "dcgan.pt")
     with pytest.raises(ValueError, match="resume it with --image-from-step 1,"):
         dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4)  # dropping the phase would not reproduce
 
 
-def test_a_run_past_the_phase_step_without_it_does_not_resume_into_it(published, tmp_path, monkeypatch):
+def test_a_run_past_the_phase_step_without_it_does_not_resume_into_it(published, dcgan_here):
     state = torch.load(published.checkpoint_dir / "dcgan.pt", map_location="cpu", weights_only=False)
-    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
-    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
     # at step 2 with no phase recorded: starting it now would record a phase that began at step 1
-    torch.save({**state, "marks": {}}, tmp_path / "dcgan.pt")
+    torch.save({**state, "marks": {}}, dcgan_here / "dcgan.pt")
     with pytest.raises(ValueError, match="at step 2 has no image discriminator"):
         dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1)
     # a checkpoint without a part the recipe asks for came from another recipe: a clear error, not a KeyError
     torch.save({key: value for key, value in state.items() if key not in ("image_disc", "opt_i")},
-               tmp_path / "dcgan.pt")
+               dcgan_here / "dcgan.pt")
     with pytest.raises(ValueError, match="dcgan checkpoint has no image_disc, opt_i"):
         dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=5)
 
@@ -327,7 +335,7 @@ def test_the_image_phase_flag_is_refused_where_it_means_nothing():
     assert export_cli.parse(["train", "dcgan", "--image-from-step", "1", "--image-batch", "16"]).image_batch == 16
 
 
-def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(published, tmp_path, monkeypatch):
+def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(published, dcgan_here, monkeypatch):
     seen, drawn = [], []
 
     class Recording(dcgan.ImageDiscriminator):
@@ -342,11 +350,6 @@ def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(pu
 
     monkeypatch.setattr(dcgan, "ImageDiscriminator", Recording)
     monkeypatch.setattr(training, "BalancedSampler", Sampler)
-    monkeypatch.setattr(dcgan, "IMAGE_WARMUP", 2)
-    monkeypatch.setattr(dcgan, "recalibrate_batch_norm",
-                        functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
-    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
-    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
     state = dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=2)
     # draws: step 0's batch, two warm-up batches of 2, step 1's batch of 4; the image discriminator
     # scores real and fake of each warm-up batch, then step 1's first 2 (real, fake, the generator's)
@@ -363,8 +366,8 @@ def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(pu
         with pytest.raises(ValueError, match="resume it with --image-from-step 1 --image-batch 2,"):
             dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=image_batch)
     # a checkpoint from before the option (the phase with the whole batch) does not resume into a smaller one
-    torch.save({**torch.load(tmp_path / "dcgan.pt", weights_only=False), "marks": {"image_from_step": 1}},
-               tmp_path / "dcgan.pt")
+    torch.save({**torch.load(dcgan_here / "dcgan.pt", weights_only=False), "marks": {"image_from_step": 1}},
+               dcgan_here / "dcgan.pt")
     with pytest.raises(ValueError, match="resume it with --image-from-step 1,"):
         dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=2)
     for kwargs, message in (({"image_from_step": 1, "image_batch": 5}, "image_batch 5 must lie in 1..4"),
@@ -373,13 +376,7 @@ def test_the_image_batch_is_what_the_image_discriminator_sees_and_is_recorded(pu
             dcgan.train(steps=3, minutes=5, seed=0, device=CPU, batch=4, **kwargs)
 
 
-def test_the_image_batch_is_free_until_the_phase_begins_and_the_whole_batch_is_the_default(
-        published, tmp_path, monkeypatch):
-    monkeypatch.setattr(dcgan, "IMAGE_WARMUP", 2)
-    monkeypatch.setattr(dcgan, "recalibrate_batch_norm",
-                        functools.partial(dcgan.recalibrate_batch_norm, batches=2, batch=16))
-    monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
-    monkeypatch.setattr(data, "load", lambda cache_dir=None: published.dataset)
+def test_the_image_batch_is_free_until_the_phase_begins_and_the_whole_batch_is_the_default(dcgan_here):
     # stopped at the phase's step, before it began: nothing recorded, so any batch may resume it
     assert dcgan.train(steps=1, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1)["marks"] == {}
     state = dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1, image_batch=4)
