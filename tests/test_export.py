@@ -383,6 +383,22 @@ def test_the_image_batch_is_free_until_the_phase_begins_and_the_whole_batch_is_t
     assert state["marks"] == {"image_from_step": 1}  # the whole batch: the recipe without the flag
 
 
+def test_the_frozen_decoder_gets_contiguous_latents_in_the_image_phase(dcgan_here, monkeypatch):
+    layouts = []
+
+    class Recording(vae.ScaledDecoder):
+        def forward(self, latent):
+            layouts.append(latent.is_contiguous())
+            return super().forward(latent)
+
+    monkeypatch.setattr(vae, "ScaledDecoder", Recording)
+    dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1)
+    # the generator's output is channels-last, where the decoder's group norms are slow (dcgan.to_decoder)
+    assert dcgan.LatentGenerator().to(memory_format=torch.channels_last)(
+        torch.randn(2, dcgan.Z_DIM), torch.zeros(2, dtype=torch.long)).is_contiguous() is False
+    assert len(layouts) > 3 and all(layouts)  # the real side's rendering, the warm-up and the step
+
+
 def test_training_resumes_from_its_checkpoint(published, tmp_path, monkeypatch):
     shutil.copy(published.checkpoint_dir / "vae.pt", tmp_path / "vae.pt")
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
