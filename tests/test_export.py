@@ -393,7 +393,7 @@ def test_the_frozen_decoder_gets_contiguous_latents_in_the_image_phase(dcgan_her
 
     monkeypatch.setattr(vae, "ScaledDecoder", Recording)
     dcgan.train(steps=2, minutes=5, seed=0, device=CPU, batch=4, image_from_step=1)
-    # the generator's output is channels-last, where the decoder's group norms are slow (dcgan.to_decoder)
+    # the generator's output is channels-last, where the decoder's group norms are slow (dcgan.contiguous_input)
     assert dcgan.LatentGenerator().to(memory_format=torch.channels_last)(
         torch.randn(2, dcgan.Z_DIM), torch.zeros(2, dtype=torch.long)).is_contiguous() is False
     assert len(layouts) > 3 and all(layouts)  # the real side's rendering, the warm-up and the step
